@@ -1,0 +1,109 @@
+"""The root command: registers the commands and owns the one error boundary."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Annotated, Optional
+
+import typer
+
+from infer import __version__, settings
+from infer.errors import EXIT_CODE_DOCS, ExitCode, InferError
+
+EPILOG = "Exit codes: " + "; ".join(f"{int(c)} {d.split(':')[0].split(' (')[0]}" for c, d in EXIT_CODE_DOCS.items())
+
+app = typer.Typer(
+    name="infer",
+    help="Run language models on your own machine, offline: pull a GGUF model once, then run and chat.",
+    epilog=EPILOG,
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        from infer.versions import llama_cpp_version
+
+        typer.echo(f"infer {__version__} (llama-cpp-python {llama_cpp_version()})")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    version: Annotated[Optional[bool], typer.Option("--version", "-V", callback=_version, is_eager=True,
+                                                    help="Print infer's and llama.cpp's versions.")] = None,
+    no_color: Annotated[bool, typer.Option("--no-color", help="No colour in any output (also: NO_COLOR).")] = False,
+) -> None:
+    if no_color:
+        from infer.cli import console
+
+        console.set_no_color(True)
+
+
+def _register() -> None:
+    from infer.cli import run
+
+    app.command("run", epilog=run.EPILOG)(run.run)
+
+
+_register()
+
+
+def _fail(message: str, code: int) -> None:
+    sys.stdout.flush()
+    sys.stderr.write(f"infer: {message}\n")
+    sys.stderr.flush()
+    raise SystemExit(code)
+
+
+def quiet_broken_pipe() -> None:
+    # stdout's reader went away (`| head`): end quietly, and keep Python from complaining at exit.
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+    raise SystemExit(0)
+
+
+def _click_exceptions():
+    """Typer >= 0.29 vendors click as typer._click; older Typer uses click itself."""
+    try:
+        from typer._click import exceptions
+    except ImportError:  # pragma: no cover - depends on the installed Typer
+        from click import exceptions
+    return exceptions
+
+
+def main(argv: list[str] | None = None) -> None:
+    click = _click_exceptions()
+    try:
+        app(args=argv, prog_name="infer", standalone_mode=False)
+    except InferError as e:
+        if settings.debug():
+            import traceback
+
+            traceback.print_exc()
+        _fail(e.message + (f" ({e.hint})" if e.hint else ""), int(e.exit_code))
+    except (typer.Exit, getattr(click, "Exit", typer.Exit)) as e:
+        raise SystemExit(e.exit_code) from None
+    except click.UsageError as e:
+        if not e.format_message().strip():  # bare `infer`: the help was shown
+            raise SystemExit(0) from None
+        cmd = e.ctx.command_path if e.ctx else "infer"
+        _fail(f"{e.format_message()} (see `{cmd} --help`)", int(ExitCode.USAGE))
+    except (KeyboardInterrupt, typer.Abort, getattr(click, "Abort", typer.Abort)):
+        _fail("interrupted", int(ExitCode.INTERRUPTED))
+    except BrokenPipeError:
+        quiet_broken_pipe()
+    except click.ClickException as e:
+        _fail(e.format_message(), e.exit_code)
+    except Exception as e:  # the boundary: a bug still gets one line and a documented code
+        if settings.debug():
+            raise
+        _fail(f"internal error: {type(e).__name__}: {e} (INFER_DEBUG=1 shows the traceback; please report it)",
+              int(ExitCode.INTERNAL))

@@ -1,0 +1,162 @@
+"""Options shared by run, chat and bench, declared once."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from infer.errors import UsageError
+
+SAMPLING = "Sampling"
+CONTEXT = "Context and hardware"
+OUTPUT = "Output"
+
+
+def complete_model(incomplete: str) -> list[str]:
+    from infer.cli.completion import model_names
+
+    return [n for n in model_names() if n.startswith(incomplete)]
+
+
+Model = Annotated[Optional[str], typer.Option(
+    "--model", "-m", help="Model: an alias (smollm2), owner/repo[:QUANT], owner/repo/file.gguf or a path. "
+    "Default: INFER_MODEL, then config.toml, then the catalog default.",
+    autocompletion=complete_model, show_default=False)]
+Quant = Annotated[Optional[str], typer.Option(
+    "--quant", "-q", help="Quant to use for an alias or repo (e.g. Q8_0), instead of its default.", show_default=False)]
+System = Annotated[Optional[str], typer.Option("--system", "-s", help="System prompt.", show_default=False)]
+Temperature = Annotated[Optional[float], typer.Option(
+    "--temperature", "--temp", min=0.0, help="Sampling temperature; 0 = greedy. (default: 0.8, or the model's)",
+    rich_help_panel=SAMPLING, show_default=False)]
+TopP = Annotated[Optional[float], typer.Option(
+    "--top-p", min=0.0, max=1.0, help="Nucleus sampling. (default: 0.95)", rich_help_panel=SAMPLING, show_default=False)]
+TopK = Annotated[Optional[int], typer.Option(
+    "--top-k", min=0, help="Top-k sampling; 0 = off. (default: 40)", rich_help_panel=SAMPLING, show_default=False)]
+MinP = Annotated[Optional[float], typer.Option(
+    "--min-p", min=0.0, max=1.0, help="Min-p sampling. (default: 0.05)", rich_help_panel=SAMPLING, show_default=False)]
+def _positive(value: float | None) -> float | None:
+    if value is not None and value <= 0:
+        raise typer.BadParameter(f"{value} must be greater than 0")
+    return value
+
+
+RepeatPenalty = Annotated[Optional[float], typer.Option(
+    "--repeat-penalty", callback=_positive, help="Penalty for repeated tokens; 1 = off. (default: 1.0)",
+    rich_help_panel=SAMPLING, show_default=False)]
+Seed = Annotated[Optional[int], typer.Option(
+    "--seed", min=0, help="Random seed: the same seed, options and model give the same output.",
+    rich_help_panel=SAMPLING, show_default=False)]
+MaxTokens = Annotated[Optional[int], typer.Option(
+    "--max-tokens", "-n", min=1, help="Most tokens to generate. (default: until the model stops or the context is full)",
+    rich_help_panel=SAMPLING, show_default=False)]
+Stop = Annotated[Optional[list[str]], typer.Option(
+    "--stop", help="Stop when this text is generated (repeatable).", rich_help_panel=SAMPLING, show_default=False)]
+CtxSize = Annotated[Optional[int], typer.Option(
+    "--ctx-size", "-c", min=16, help="Context window in tokens. (default: prompt + answer, capped by the model's)",
+    rich_help_panel=CONTEXT, show_default=False)]
+Threads = Annotated[Optional[int], typer.Option(
+    "--threads", "-t", min=1, help="CPU threads. (default: physical cores)", rich_help_panel=CONTEXT, show_default=False)]
+GpuLayers = Annotated[Optional[int], typer.Option(
+    "--gpu-layers", "-ngl", min=-1, help="Layers to offload to the GPU; -1 = all. (default: all on a GPU build)",
+    rich_help_panel=CONTEXT, show_default=False)]
+Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Say which model is used and show llama.cpp's logs.")]
+
+
+def sampling_values(**values) -> dict:
+    """The sampling options the user actually gave (None means: not given)."""
+    return {k: v for k, v in values.items() if v is not None}
+
+
+def build_sampling(given: dict, model_defaults: dict, **extra):
+    from infer.engine import Sampling
+
+    merged = {k: v for k, v in model_defaults.items() if k in Sampling.__dataclass_fields__}
+    merged.update(given)
+    if "stop" in merged:
+        merged["stop"] = tuple(merged["stop"])
+    merged.update(extra)
+    return Sampling(**merged)
+
+
+def build_load(ctx_size, threads, gpu_layers, verbose, model_defaults: dict | None = None):
+    from infer.engine import LoadOptions
+    from infer.engine import supports_gpu_offload
+
+    defaults = model_defaults or {}
+    if gpu_layers is None:
+        gpu_layers = -1 if supports_gpu_offload() else 0
+    return LoadOptions(n_ctx=ctx_size or defaults.get("ctx_size"), n_threads=threads, n_gpu_layers=gpu_layers,
+                       verbose=verbose)
+
+
+def read_stdin() -> str:
+    """Piped stdin as text; bytes that are not UTF-8 are replaced, with a warning."""
+    if sys.stdin is None or sys.stdin.closed:
+        return ""
+    try:
+        if sys.stdin.isatty():
+            return ""
+        data = sys.stdin.buffer.read()
+    except (OSError, ValueError):
+        return ""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        from infer.cli.console import warn
+
+        text = data.decode("utf-8", "replace")
+        warn(f"stdin is not valid UTF-8: {text.count(chr(0xFFFD))} undecodable byte sequence(s) replaced")
+        return text
+
+
+def join_prompt(args: list[str] | None, stdin_text: str) -> str:
+    """The documented joining: piped material first, then a blank line, then the instruction."""
+    instruction = " ".join(args or []).strip()
+    material = stdin_text.strip("\n")
+    if material.strip() and instruction:
+        return f"{material}\n\n{instruction}"
+    return instruction or (material if material.strip() else "")
+
+
+def load_schema(value: str) -> dict:
+    text = value
+    if not value.lstrip().startswith(("{", "[")):
+        path = Path(value).expanduser()
+        if not path.is_file():
+            raise UsageError(f"--schema: {value!r} is neither JSON nor a readable file")
+        text = path.read_text(encoding="utf-8")
+    try:
+        schema = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise UsageError(f"--schema: invalid JSON: {e.msg} at line {e.lineno} column {e.colno}") from e
+    if not isinstance(schema, dict):
+        raise UsageError("--schema: a JSON schema must be a JSON object")
+    _check_schema(schema)
+    return schema
+
+
+_TYPES = {"object", "array", "string", "number", "integer", "boolean", "null"}
+
+
+def _check_schema(node, where: str = "schema") -> None:
+    """The mistakes the grammar converter would otherwise accept silently or crash on."""
+    if isinstance(node, dict):
+        t = node.get("type")
+        for name in (t if isinstance(t, list) else [t] if t is not None else []):
+            if name not in _TYPES:
+                raise UsageError(f"--schema: {where}.type is {name!r}, not one of {', '.join(sorted(_TYPES))}")
+        if "properties" in node and not isinstance(node["properties"], dict):
+            raise UsageError(f"--schema: {where}.properties must be an object")
+        if "required" in node and not (isinstance(node["required"], list)
+                                       and all(isinstance(r, str) for r in node["required"])):
+            raise UsageError(f"--schema: {where}.required must be a list of property names")
+        for key, sub in (node.get("properties") or {}).items():
+            _check_schema(sub, f"{where}.properties.{key}")
+        if isinstance(node.get("items"), dict):
+            _check_schema(node["items"], f"{where}.items")
+    elif not isinstance(node, bool):
+        raise UsageError(f"--schema: {where} must be an object")

@@ -1,0 +1,103 @@
+"""`infer run`: one-shot completion for shells and scripts."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated, Optional
+
+import typer
+
+from infer.cli import console, options as o, render
+from infer.errors import UsageError
+
+EPILOG = """\
+Examples:
+
+  infer run "Why is the sky blue?"
+
+  cat notes.md | infer run "Summarize in three bullets"
+
+  infer run -m qwen2.5:0.5b --temperature 0 --seed 1 -n 64 "Write a haiku"
+
+  infer run --schema '{"type":"object","properties":{"city":{"type":"string"}},"required":["city"]}' "Capital of France?"
+
+  infer run --raw -n 20 "Once upon a time"
+"""
+
+
+def run(
+    prompt: Annotated[Optional[list[str]], typer.Argument(
+        help="The instruction. Piped stdin is the material: the model sees STDIN, a blank line, then the instruction.",
+        show_default=False)] = None,
+    model: o.Model = None,
+    quant: o.Quant = None,
+    system: o.System = None,
+    raw: Annotated[bool, typer.Option("--raw", help="Plain text completion: no chat template.")] = False,
+    temperature: o.Temperature = None,
+    top_p: o.TopP = None,
+    top_k: o.TopK = None,
+    min_p: o.MinP = None,
+    repeat_penalty: o.RepeatPenalty = None,
+    seed: o.Seed = None,
+    max_tokens: o.MaxTokens = None,
+    stop: o.Stop = None,
+    ctx_size: o.CtxSize = None,
+    threads: o.Threads = None,
+    gpu_layers: o.GpuLayers = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object: model, text, finish_reason, usage, timings.",
+                                           rich_help_panel=o.OUTPUT)] = False,
+    schema: Annotated[Optional[str], typer.Option("--schema", help="Constrain the output to this JSON schema (a file or inline JSON).",
+                                                  rich_help_panel=o.OUTPUT, show_default=False)] = None,
+    fmt: Annotated[Optional[str], typer.Option("--format", help="'json': constrain the output to valid JSON.",
+                                               rich_help_panel=o.OUTPUT, show_default=False)] = None,
+    stats: Annotated[bool, typer.Option("--stats", help="After the answer, one line of timings on stderr.",
+                                        rich_help_panel=o.OUTPUT)] = False,
+    verbose: o.Verbose = False,
+) -> None:
+    """Answer one prompt and exit: text streams to stdout, nothing else does."""
+    from infer import complete
+
+    if fmt is not None and fmt.lower() != "json":
+        raise UsageError(f"--format {fmt!r} is not supported", hint="use --format json, or --schema for a JSON schema")
+    schema_obj = o.load_schema(schema) if schema else None
+    text = o.join_prompt(prompt, o.read_stdin())
+    if not text.strip():
+        raise UsageError("no prompt: give one as arguments or pipe text on stdin", hint='infer run "Why is the sky blue?"')
+    given = o.sampling_values(temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p,
+                              repeat_penalty=repeat_penalty, seed=seed, max_tokens=max_tokens, stop=stop)
+    job = complete.prepare(model, quant=quant, verbose=verbose)
+    if verbose:
+        console.info(f"model: {job.resolved.name} ({job.resolved.path}) from {job.resolved.origin}")
+    grammar = complete.grammar_for(schema_obj, json_mode=fmt is not None)
+    sampling = o.build_sampling(given, job.resolved.defaults, grammar=grammar)
+    load = o.build_load(ctx_size, threads, gpu_layers, verbose, job.resolved.defaults)
+    system = system if system is not None else job.resolved.defaults.get("system")
+    chunks: list[str] = []
+    done = None
+    stream = not json_out
+    try:
+        for event in complete.run(job, load, sampling, text, system=system, raw=raw):
+            if isinstance(event, complete.Text):
+                chunks.append(event.text)
+                if stream:
+                    sys.stdout.write(event.text)
+                    sys.stdout.flush()
+            else:
+                done = event
+    except BrokenPipeError:
+        from infer.cli.app import quiet_broken_pipe
+
+        quiet_broken_pipe()
+    except KeyboardInterrupt:
+        if stream and chunks and not chunks[-1].endswith("\n"):
+            sys.stdout.write("\n")
+            sys.stdout.flush()
+        raise
+    answer = "".join(chunks)
+    if json_out:
+        render.print_json(render.result_json(job.resolved.name, answer, done))
+    elif not answer.endswith("\n"):
+        sys.stdout.write("\n")
+        sys.stdout.flush()
+    if stats and done is not None:
+        console.info(render.stats_line(done))

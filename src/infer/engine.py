@@ -1,0 +1,416 @@
+"""The engine: the only module that imports llama_cpp.
+
+It loads a GGUF model, sizes the context to the need, formats chats with the model's own
+template, and generates through llama.cpp's sampler chain, yielding typed events:
+`Text` chunks as they are decoded, then one `Done` with usage and timings.
+
+Why not `Llama.create_completion`: its streaming re-detokenizes all pending text on every
+token while a UTF-8 sequence is incomplete and adds per-token Python work; the context must
+be created before we can count the prompt's tokens; and its default thread count is half
+the CPUs. Here the model is loaded first, the prompt tokenized, and only then the context
+created with the size it needs. Decoding is incremental (codecs), one call per token.
+"""
+
+from __future__ import annotations
+
+import codecs
+import ctypes
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Sequence
+
+from infer import hardware
+from infer.errors import BadModel, ContextOverflow, InferError, UsageError
+from infer.gguf_meta import check_gguf
+
+# Used when a model carries no chat template (documented in the README).
+GENERIC_CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+CTX_GRANULE = 256  # contexts are sized in multiples of this
+DEFAULT_MAX_TOKENS_RESERVE = 1024  # room kept for the answer when -n is not given
+MIN_CTX = 512
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    n_ctx: int | None = None  # None: sized to prompt + answer, capped by the trained context
+    n_threads: int | None = None  # None: physical cores
+    n_gpu_layers: int = 0  # -1: all
+    flash_attn: str = "auto"  # auto | on | off
+    kv_type: str = "f16"
+    mlock: bool = False
+    mmap: bool = True
+    n_batch: int = 2048
+    n_ubatch: int = 512
+    verbose: bool = False
+
+
+@dataclass(frozen=True)
+class Sampling:
+    temperature: float = 0.8
+    top_p: float = 0.95
+    top_k: int = 40
+    min_p: float = 0.05
+    repeat_penalty: float = 1.0
+    repeat_last_n: int = 64
+    seed: int | None = None
+    max_tokens: int | None = None  # None: until end of generation or the context is full
+    stop: tuple[str, ...] = ()
+    grammar: str | None = None  # GBNF text
+
+
+@dataclass(frozen=True)
+class Text:
+    text: str
+
+
+@dataclass(frozen=True)
+class Usage:
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int = 0
+
+
+@dataclass(frozen=True)
+class Timings:
+    load_s: float
+    ttft_s: float
+    prompt_s: float
+    gen_s: float
+    prompt_tps: float
+    gen_tps: float
+
+
+@dataclass(frozen=True)
+class Done:
+    finish_reason: str  # stop | length | interrupted
+    usage: Usage
+    timings: Timings
+
+
+Event = Text | Done
+
+KV_TYPES = {"f16": 1, "f32": 0, "q8_0": 8, "q4_0": 2, "q4_1": 3, "q5_0": 6, "q5_1": 7}  # ggml_type ids
+
+
+def _llama():
+    """Import llama_cpp with its native logging silenced until we choose otherwise."""
+    import llama_cpp
+
+    _install_log_sink(llama_cpp)
+    return llama_cpp
+
+
+_LOG = {"verbose": False, "callback": None, "lines": []}
+
+
+def _install_log_sink(llama_cpp) -> None:
+    if _LOG["callback"] is not None:
+        return
+
+    @llama_cpp.llama_log_callback
+    def sink(level, text, user_data):  # noqa: ARG001 - signature fixed by ggml
+        msg = text.decode("utf-8", "replace")
+        if _LOG["verbose"]:
+            import sys
+
+            sys.stderr.write(msg)
+        else:  # keep the last lines: they explain a failed load
+            _LOG["lines"] = (_LOG["lines"] + [msg])[-20:]
+
+    _LOG["callback"] = sink
+    llama_cpp.llama_log_set(sink, ctypes.c_void_p(0))
+
+
+def _last_log_error() -> str:
+    for line in reversed(_LOG["lines"]):
+        line = line.strip()
+        if line and ("error" in line.lower() or "failed" in line.lower()):
+            return line
+    return ""
+
+
+def json_grammar(schema: dict | None) -> str:
+    """GBNF for any JSON value (schema None) or for a JSON schema, via llama-cpp-python."""
+    _llama()
+    from llama_cpp import llama_grammar
+
+    if schema is None:
+        return llama_grammar.JSON_GBNF
+    try:
+        return llama_grammar.json_schema_to_gbnf(json.dumps(schema))
+    except Exception as e:  # the converter raises many kinds on bad schemas
+        raise UsageError(f"invalid JSON schema: {e}", hint="pass a JSON schema object, e.g. '{\"type\": \"object\"}'") from e
+
+
+class StopMatcher:
+    """Holds back text that may be the start of a stop string; reports the cut point."""
+
+    def __init__(self, stops: Sequence[str]):
+        self.stops = [s for s in stops if s]
+        self.held = ""
+
+    def feed(self, text: str) -> tuple[str, bool]:
+        if not self.stops:
+            return text, False
+        buf = self.held + text
+        cut = min((i for i in (buf.find(s) for s in self.stops) if i >= 0), default=-1)
+        if cut >= 0:
+            self.held = ""
+            return buf[:cut], True
+        keep = 0
+        for s in self.stops:
+            for k in range(min(len(s) - 1, len(buf)), 0, -1):
+                if buf.endswith(s[:k]):
+                    keep = max(keep, k)
+                    break
+        self.held = buf[len(buf) - keep:] if keep else ""
+        return buf[: len(buf) - keep], False
+
+    def flush(self) -> str:
+        held, self.held = self.held, ""
+        return held
+
+
+@dataclass
+class _Context:
+    ctx: object
+    batch: object
+    n_ctx: int
+    tokens: list[int] = field(default_factory=list)  # what the KV cache holds
+
+
+class Model:
+    """A loaded model; the context is created lazily at the size the first request needs."""
+
+    def __init__(self, path: Path, options: LoadOptions = LoadOptions()):
+        check_gguf(path)
+        self.path = path
+        self.options = options
+        llama_cpp = _llama()
+        from llama_cpp import _internals
+
+        self._lib = llama_cpp
+        self._internals = _internals
+        _LOG["verbose"] = options.verbose
+        _LOG["lines"] = []
+        t0 = time.perf_counter()
+        params = llama_cpp.llama_model_default_params()
+        params.n_gpu_layers = 0x7FFFFFFF if options.n_gpu_layers < 0 else options.n_gpu_layers
+        params.use_mmap = options.mmap
+        params.use_mlock = options.mlock
+        try:
+            self._model = _internals.LlamaModel(path_model=str(path), params=params, verbose=options.verbose)
+        except ValueError as e:
+            detail = _last_log_error()
+            raise BadModel(
+                f"llama.cpp could not load {path}" + (f": {detail}" if detail else ""),
+                hint="the file may be truncated or corrupt (`infer verify`), or need a newer llama-cpp-python",
+            ) from e
+        self.load_s = time.perf_counter() - t0
+        self.vocab = self._model.vocab
+        self.n_ctx_train = self._model.n_ctx_train()
+        self.metadata = self._model.metadata()
+        self._ctx: _Context | None = None
+        self._decoder_special = False
+
+    # -- text <-> tokens -------------------------------------------------------------------
+    def tokenize(self, text: str, *, add_bos: bool | None = None, special: bool = True) -> list[int]:
+        if add_bos is None:
+            add_bos = self._model.add_bos_token()
+        return self._model.tokenize(text.encode("utf-8"), add_bos=add_bos, special=special)
+
+    def token_text(self, token: int) -> str:
+        return self._model.token_get_text(token) if token >= 0 else ""
+
+    @property
+    def chat_template(self) -> str | None:
+        return self.metadata.get("tokenizer.chat_template")
+
+    def format_chat(self, messages: list[dict]) -> tuple[str, list[int]]:
+        """Render messages with the model's own template (sandboxed Jinja, via llama-cpp-python)."""
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+        bos = self.token_text(self._model.token_bos())
+        eos = self.token_text(self._model.token_eos())
+        formatter = Jinja2ChatFormatter(template=self.chat_template or GENERIC_CHAT_TEMPLATE, eos_token=eos, bos_token=bos)
+        try:
+            prompt = formatter(messages=messages).prompt
+        except Exception as e:  # a template may raise_exception() on roles it does not support
+            raise UsageError(f"the model's chat template rejected the conversation: {e}",
+                             hint="try --raw, or leave out --system if the model has no system role") from e
+        add_bos = self._model.add_bos_token() and not (bos and prompt.startswith(bos))
+        return prompt, self.tokenize(prompt, add_bos=add_bos, special=True)
+
+    # -- context ---------------------------------------------------------------------------
+    def plan_ctx(self, n_prompt: int, max_tokens: int | None) -> int:
+        """The context size for a request: the user's, or prompt + answer rounded up, capped by training."""
+        if self.options.n_ctx:
+            return self.options.n_ctx
+        want = n_prompt + (max_tokens if max_tokens else DEFAULT_MAX_TOKENS_RESERVE)
+        want = max(MIN_CTX, -(-want // CTX_GRANULE) * CTX_GRANULE)
+        return min(want, self.n_ctx_train) if self.n_ctx_train > 0 else want
+
+    def ensure_ctx(self, n_ctx: int) -> _Context:
+        if self._ctx is not None and self._ctx.n_ctx >= n_ctx:
+            return self._ctx
+        lib, opts = self._lib, self.options
+        self._ctx = None
+        params = lib.llama_context_default_params()
+        params.n_ctx = n_ctx
+        params.n_batch = min(n_ctx, opts.n_batch)
+        params.n_ubatch = min(params.n_batch, opts.n_ubatch)
+        threads = opts.n_threads or hardware.physical_cores()
+        params.n_threads = threads
+        params.n_threads_batch = threads
+        params.flash_attn_type = {"auto": lib.LLAMA_FLASH_ATTN_TYPE_AUTO, "on": lib.LLAMA_FLASH_ATTN_TYPE_ENABLED,
+                                  "off": lib.LLAMA_FLASH_ATTN_TYPE_DISABLED}[opts.flash_attn]
+        params.type_k = params.type_v = KV_TYPES[opts.kv_type]
+        params.no_perf = True
+        t0 = time.perf_counter()
+        try:
+            ctx = self._internals.LlamaContext(model=self._model, params=params, verbose=opts.verbose)
+        except ValueError as e:
+            detail = _last_log_error()
+            raise InferError(f"llama.cpp could not create a {n_ctx}-token context" + (f": {detail}" if detail else ""),
+                             hint="try a smaller --ctx-size, or --kv-type q8_0") from e
+        batch = self._internals.LlamaBatch(n_tokens=params.n_batch, embd=0, n_seq_max=1, verbose=opts.verbose)
+        self.load_s += time.perf_counter() - t0
+        self._ctx = _Context(ctx=ctx, batch=batch, n_ctx=n_ctx)
+        return self._ctx
+
+    @property
+    def n_ctx(self) -> int:
+        return self._ctx.n_ctx if self._ctx else 0
+
+    # -- generation ------------------------------------------------------------------------
+    def _sampler(self, s: Sampling):
+        lib = self._lib
+        chain = lib.llama_sampler_chain_init(lib.llama_sampler_chain_default_params())
+        add = lambda smpl: lib.llama_sampler_chain_add(chain, smpl)  # noqa: E731
+        if s.grammar:
+            g = lib.llama_sampler_init_grammar(self.vocab, s.grammar.encode("utf-8"), b"root")
+            if not g:
+                lib.llama_sampler_free(chain)
+                raise UsageError("the output grammar could not be compiled", hint="check --schema")
+            add(g)
+        if s.repeat_penalty != 1.0:
+            add(lib.llama_sampler_init_penalties(s.repeat_last_n, s.repeat_penalty, 0.0, 0.0))
+        if s.temperature <= 0:
+            add(lib.llama_sampler_init_greedy())
+        else:
+            if s.top_k > 0:
+                add(lib.llama_sampler_init_top_k(s.top_k))
+            add(lib.llama_sampler_init_top_p(s.top_p, 1))
+            add(lib.llama_sampler_init_min_p(s.min_p, 1))
+            add(lib.llama_sampler_init_temp(s.temperature))
+            seed = lib.LLAMA_DEFAULT_SEED if s.seed is None else s.seed & 0xFFFFFFFF
+            add(lib.llama_sampler_init_dist(seed))
+        return chain
+
+    def _decode(self, c: _Context, tokens: list[int], n_past: int) -> None:
+        step = c.batch._n_tokens
+        for i in range(0, len(tokens), step):
+            chunk = tokens[i:i + step]
+            c.batch.set_batch(chunk, n_past=n_past + i, logits_all=False)
+            rc = self._lib.llama_decode(c.ctx.ctx, c.batch.batch)
+            if rc != 0:
+                c.tokens = c.tokens[:n_past + i]
+                raise InferError(f"llama_decode failed (code {rc})", hint="try a smaller --ctx-size or --batch-size")
+            c.tokens.extend(chunk)
+
+    def check_fits(self, n_prompt: int, max_tokens: int | None, n_ctx: int) -> None:
+        need = n_prompt + (max_tokens or 1)
+        if need > n_ctx:
+            limit = "the model's trained context" if n_ctx == self.n_ctx_train and not self.options.n_ctx else "--ctx-size"
+            raise ContextOverflow(
+                f"the prompt is {n_prompt} tokens and {max_tokens or 1} more were asked for, "
+                f"but the context holds {n_ctx} ({limit})",
+                hint="shorten the input, lower --max-tokens, or raise --ctx-size"
+                + (f" (this model was trained for {self.n_ctx_train})" if self.n_ctx_train else ""),
+            )
+
+    def generate(self, tokens: list[int], sampling: Sampling) -> Iterator[Event]:
+        """Evaluate the prompt (reusing the cached prefix) and stream the answer."""
+        n_ctx = self.plan_ctx(len(tokens), sampling.max_tokens)
+        self.check_fits(len(tokens), sampling.max_tokens, n_ctx)
+        c = self.ensure_ctx(n_ctx)
+        lib = self._lib
+        t_start = time.perf_counter()
+        # Reuse the KV cache for the common prefix (a chat resends its whole history).
+        keep = 0
+        for a, b in zip(c.tokens, tokens):
+            if a != b:
+                break
+            keep += 1
+        keep = min(keep, len(tokens) - 1)  # at least one token to evaluate, for fresh logits
+        if keep < len(c.tokens):
+            lib.llama_memory_seq_rm(lib.llama_get_memory(c.ctx.ctx), 0, keep, -1)
+            del c.tokens[keep:]
+        smpl = self._sampler(sampling)
+        decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        stops = StopMatcher(sampling.stop)
+        budget = min(sampling.max_tokens or n_ctx, n_ctx - len(tokens))
+        n_gen, reason, stop_hit = 0, "length", False
+        t_first = t_prompt_done = None
+        buf = ctypes.create_string_buffer(256)
+        try:
+            self._decode(c, tokens[keep:], keep)
+            t_prompt_done = time.perf_counter()
+            while n_gen < budget:
+                token = lib.llama_sampler_sample(smpl, c.ctx.ctx, -1)
+                if lib.llama_vocab_is_eog(self.vocab, token):
+                    reason = "stop"
+                    break
+                n_gen += 1
+                n = lib.llama_token_to_piece(self.vocab, token, buf, 256, 0, False)
+                piece = decoder.decode(buf.raw[:n])
+                if t_first is None:
+                    t_first = time.perf_counter()
+                if piece:
+                    text, hit = stops.feed(piece)
+                    if text:
+                        yield Text(text)
+                    if hit:
+                        reason, stop_hit = "stop", True
+                        break
+                if n_gen < budget:
+                    self._decode(c, [token], len(c.tokens))
+            tail = "" if stop_hit else stops.flush() + decoder.decode(b"", final=True)
+            if tail:
+                yield Text(tail)
+        except GeneratorExit:
+            reason = "interrupted"
+            raise
+        finally:
+            lib.llama_sampler_free(smpl)
+        t_end = time.perf_counter()
+        prompt_s = (t_prompt_done or t_end) - t_start
+        first = t_first or t_end
+        gen_s = t_end - first
+        evaluated = len(tokens) - keep
+        yield Done(
+            finish_reason=reason,
+            usage=Usage(prompt_tokens=len(tokens), completion_tokens=n_gen, cached_tokens=keep),
+            timings=Timings(
+                load_s=self.load_s, ttft_s=first - t_start, prompt_s=prompt_s, gen_s=gen_s,
+                prompt_tps=evaluated / prompt_s if prompt_s > 0 else 0.0,
+                gen_tps=(n_gen - 1) / gen_s if n_gen > 1 and gen_s > 0 else 0.0,
+            ),
+        )
+
+    def close(self) -> None:
+        self._ctx = None
+        self._model.close()
+
+
+def system_info() -> str:
+    return _llama().llama_print_system_info().decode("utf-8", "replace")
+
+
+def supports_gpu_offload() -> bool:
+    return bool(_llama().llama_supports_gpu_offload())

@@ -1,0 +1,76 @@
+"""The one error hierarchy. Each error carries a message, a hint and an exit code;
+the CLI boundary (cli/app.py) turns them into one line on stderr."""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class ExitCode(IntEnum):
+    OK = 0
+    INTERNAL = 1
+    USAGE = 2
+    MODEL_NOT_FOUND = 3
+    BAD_MODEL = 4
+    CONTEXT_OVERFLOW = 5
+    NETWORK = 6
+    VERIFY = 7
+    NO_SPACE = 8
+    AUTH = 9
+    INTERRUPTED = 130
+
+
+EXIT_CODE_DOCS: dict[ExitCode, str] = {
+    ExitCode.OK: "success",
+    ExitCode.INTERNAL: "internal error (a bug: please report it; INFER_DEBUG=1 shows the traceback)",
+    ExitCode.USAGE: "usage error: bad option, value or missing prompt",
+    ExitCode.MODEL_NOT_FOUND: "model not found: unknown alias, missing file, repo/quant not found, not pulled while offline",
+    ExitCode.BAD_MODEL: "not a GGUF file, truncated or corrupt model, or one llama.cpp cannot load",
+    ExitCode.CONTEXT_OVERFLOW: "prompt does not fit the context window",
+    ExitCode.NETWORK: "network error: server unreachable, or failing after retries",
+    ExitCode.VERIFY: "checksum mismatch: downloaded or stored bytes are not the expected ones",
+    ExitCode.NO_SPACE: "not enough disk space or memory",
+    ExitCode.AUTH: "gated or private repo: authentication required",
+    ExitCode.INTERRUPTED: "interrupted (Ctrl-C)",
+}
+
+
+class InferError(Exception):
+    exit_code: ExitCode = ExitCode.INTERNAL
+
+    def __init__(self, message: str, hint: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+
+class UsageError(InferError):
+    exit_code = ExitCode.USAGE
+
+
+class ModelNotFound(InferError):
+    exit_code = ExitCode.MODEL_NOT_FOUND
+
+
+class BadModel(InferError):
+    exit_code = ExitCode.BAD_MODEL
+
+
+class ContextOverflow(InferError):
+    exit_code = ExitCode.CONTEXT_OVERFLOW
+
+
+class NetworkError(InferError):
+    exit_code = ExitCode.NETWORK
+
+
+class VerifyError(InferError):
+    exit_code = ExitCode.VERIFY
+
+
+class NoSpace(InferError):
+    exit_code = ExitCode.NO_SPACE
+
+
+class AuthError(InferError):
+    exit_code = ExitCode.AUTH

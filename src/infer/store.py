@@ -1,0 +1,281 @@
+"""The local model store.
+
+Files live in the standard Hugging Face cache layout (blobs/ named by sha256, snapshots/
+linking to them, refs/), so they are shared with huggingface_hub and llama.cpp and never
+downloaded twice. A small manifest in infer's data dir records each pulled reference
+(repo, commit, files with sha256 and size, when pulled and last used), so `run` and `chat`
+resolve a name with zero network calls.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Iterator
+
+from infer import settings
+from infer.errors import VerifyError
+
+MANIFEST_VERSION = 1
+
+
+@dataclass
+class StoredFile:
+    name: str  # path inside the repo
+    sha256: str
+    size: int
+    path: str  # absolute path of the file (a snapshot link or a blob)
+
+
+@dataclass
+class Pulled:
+    name: str  # the reference as pulled, canonical (an alias or owner/repo:QUANT ...)
+    repo: str
+    quant: str | None
+    files: list[StoredFile]
+    revision: str | None = None
+    commit: str | None = None
+    source: str = "hub"
+    pulled_at: str = ""
+    last_used: str = ""
+
+    @property
+    def path(self) -> Path:
+        """The file to load: the first part of a split model."""
+        return Path(self.files[0].path)
+
+    @property
+    def size(self) -> int:
+        return sum(f.size for f in self.files)
+
+    @staticmethod
+    def from_json(data: dict) -> "Pulled":
+        files = [StoredFile(**f) for f in data.pop("files", [])]
+        return Pulled(files=files, **data)
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).replace(microsecond=0).isoformat()
+
+
+def manifest_path() -> Path:
+    return settings.data_dir() / "manifest.json"
+
+
+def repo_dir(repo: str) -> Path:
+    return settings.models_dir() / ("models--" + repo.replace("/", "--"))
+
+
+def blob_path(repo: str, sha256: str) -> Path:
+    return repo_dir(repo) / "blobs" / sha256
+
+
+def partial_path(repo: str, sha256: str) -> Path:
+    """Stable name for an unfinished download: the next pull resumes it."""
+    return repo_dir(repo) / "blobs" / f"{sha256}.incomplete"
+
+
+def lock_path(repo: str, name: str) -> Path:
+    # The same place huggingface_hub keeps its locks, so both tools serialize on one file.
+    return settings.models_dir() / ".locks" / ("models--" + repo.replace("/", "--")) / f"{name}.lock"
+
+
+@contextlib.contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write a file so that a crash leaves either the old or the new content, never half."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+class Manifest:
+    """The pulled models. Every change is read-modify-write under a lock, written atomically."""
+
+    def __init__(self, path: Path | None = None):
+        self.path = path or manifest_path()
+
+    def _read(self) -> dict[str, Pulled]:
+        try:
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError):
+            # A damaged manifest must not stop the tool: the files are still in the store.
+            return {}
+        return {name: Pulled.from_json(dict(entry)) for name, entry in data.get("models", {}).items()}
+
+    def all(self) -> dict[str, Pulled]:
+        return self._read()
+
+    def get(self, name: str) -> Pulled | None:
+        return self._read().get(name)
+
+    @contextlib.contextmanager
+    def edit(self) -> Iterator[dict[str, Pulled]]:
+        with file_lock(self.path.with_suffix(".lock")):
+            models = self._read()
+            yield models
+            payload = {"version": MANIFEST_VERSION, "models": {k: asdict(v) for k, v in sorted(models.items())}}
+            atomic_write_text(self.path, json.dumps(payload, indent=2) + "\n")
+
+    def put(self, pulled: Pulled) -> None:
+        with self.edit() as models:
+            models[pulled.name] = pulled
+
+    def touch(self, name: str) -> None:
+        try:
+            with self.edit() as models:
+                if name in models:
+                    models[name].last_used = now()
+        except OSError:
+            pass  # a read-only data dir must not stop a run
+
+
+def sha256_file(path: Path, progress=None, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+            if progress:
+                progress(len(block))
+    return h.hexdigest()
+
+
+def verify_file(path: Path, sha256: str, size: int | None = None) -> None:
+    if not path.exists():
+        raise VerifyError(f"{path} is missing", hint="pull the model again")
+    if size is not None and path.stat().st_size != size:
+        raise VerifyError(f"{path} is {path.stat().st_size} bytes, expected {size}", hint="pull the model again with --force")
+    actual = sha256_file(path)
+    if actual != sha256:
+        raise VerifyError(f"{path}: sha256 {actual[:12]}… does not match the expected {sha256[:12]}…",
+                          hint="pull the model again with --force")
+
+
+def link_snapshot(repo: str, commit: str, filename: str, blob: Path) -> Path:
+    """Create snapshots/<commit>/<filename> -> ../../blobs/<sha>, as huggingface_hub does."""
+    link = repo_dir(repo) / "snapshots" / commit / filename
+    link.parent.mkdir(parents=True, exist_ok=True)
+    target = os.path.relpath(blob, link.parent)
+    tmp = link.with_name(f".{link.name}.tmp-link")
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()
+    try:
+        os.symlink(target, tmp)
+        os.replace(tmp, link)
+    except OSError:  # file systems without symlinks: copy, like huggingface_hub on Windows
+        import shutil
+
+        shutil.copyfile(blob, tmp)
+        os.replace(tmp, link)
+    return link
+
+
+def write_ref(repo: str, revision: str, commit: str) -> None:
+    atomic_write_text(repo_dir(repo) / "refs" / revision, commit)
+
+
+def blobs_in_use(models: dict[str, Pulled], excluding: set[str]) -> set[str]:
+    return {f.sha256 for name, p in models.items() if name not in excluding for f in p.files}
+
+
+def remove(names: list[str]) -> int:
+    """Forget these pulled models and delete the blobs no other pulled model uses; return freed bytes."""
+    freed = 0
+    manifest = Manifest()
+    with manifest.edit() as models:
+        doomed = {n: models[n] for n in names if n in models}
+        keep = blobs_in_use(models, excluding=set(doomed))
+        for pulled in doomed.values():
+            for f in pulled.files:
+                if f.sha256 in keep:
+                    continue  # another pulled model still uses this file
+                link, blob = Path(f.path), blob_path(pulled.repo, f.sha256)
+                if link != blob:
+                    with contextlib.suppress(FileNotFoundError):
+                        link.unlink()
+                with contextlib.suppress(FileNotFoundError):
+                    size = blob.stat().st_size
+                    blob.unlink()
+                    freed += size
+                keep.add(f.sha256)  # two names for one file: count it once
+            _prune_empty(repo_dir(pulled.repo))
+        for n in doomed:
+            del models[n]
+    return freed
+
+
+def _prune_empty(root: Path) -> None:
+    if not root.is_dir():
+        return
+    for dirpath, _dirnames, _files in sorted(os.walk(root), key=lambda t: -len(t[0])):
+        with contextlib.suppress(OSError):
+            os.rmdir(dirpath)  # only succeeds when empty
+
+
+def find_in_hf_cache(repo: str, filename: str | None = None, quant: str | None = None) -> Path | None:
+    """A GGUF already in the Hugging Face cache (from huggingface_hub or llama.cpp), with no network."""
+    snapshots = repo_dir(repo) / "snapshots"
+    if not snapshots.is_dir():
+        return None
+    candidates = sorted(snapshots.glob("*/**/*.gguf"), key=lambda p: p.stat().st_mtime if p.exists() else 0, reverse=True)
+    for path in candidates:
+        rel = path.relative_to(snapshots).parts[1:]
+        name = "/".join(rel)
+        if filename and name != filename:
+            continue
+        if quant and not _quant_matches(name, quant):
+            continue
+        if "mmproj" in name.lower() or not path.exists():
+            continue
+        if _split_index(name) not in (None, 1):
+            continue
+        return path
+    return None
+
+
+def _quant_matches(filename: str, quant: str) -> bool:
+    from infer.sources.quants import quant_of
+
+    return (quant_of(filename) or "").upper() == quant.upper()
+
+
+def _split_index(filename: str) -> int | None:
+    from infer.sources.quants import split_part
+
+    part = split_part(filename)
+    return part[0] if part else None
+
+
+def disk_usage(models: dict[str, Pulled]) -> int:
+    seen: dict[str, int] = {}
+    for p in models.values():
+        for f in p.files:
+            seen[f.sha256] = f.size
+    return sum(seen.values())
