@@ -45,6 +45,9 @@ class Pulled:
     source: str = "hub"
     pulled_at: str = ""
     last_used: str = ""
+    params: int = 0  # from the GGUF metadata, read once at pull time
+    context: int = 0
+    architecture: str = ""
 
     @property
     def path(self) -> Path:
@@ -58,7 +61,8 @@ class Pulled:
     @staticmethod
     def from_json(data: dict) -> "Pulled":
         files = [StoredFile(**f) for f in data.pop("files", [])]
-        return Pulled(files=files, **data)
+        known = {k: v for k, v in data.items() if k in Pulled.__dataclass_fields__}
+        return Pulled(files=files, **known)
 
 
 def now() -> str:

@@ -45,9 +45,16 @@ def root(
 
 
 def _register() -> None:
-    from infer.cli import run
+    from infer.cli import models, run
 
     app.command("run", epilog=run.EPILOG)(run.run)
+    app.command("pull", epilog=models.PULL_EPILOG)(models.pull)
+    app.command("list", epilog="Example:\n\n  infer list --json")(models.list_models)
+    app.command("ls", hidden=True, help="Alias of list.")(models.list_models)
+    app.command("show", epilog="Examples:\n\n  infer show smollm2\n\n  infer show smollm2 --template")(models.show)
+    app.command("rm", epilog="Example:\n\n  infer rm -y smollm2")(models.rm)
+    app.command("verify", epilog="Example:\n\n  infer verify smollm2")(models.verify)
+    app.command("catalog", epilog="Example:\n\n  infer catalog --json")(models.catalog_cmd)
 
 
 _register()

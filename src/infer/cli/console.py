@@ -45,7 +45,8 @@ def out():
     from rich.console import Console
 
     tty = is_tty(sys.stdout)
-    return Console(no_color=not color_allowed(sys.stdout), highlight=False,
+    # Off a terminal nothing may be cut to 80 columns: tables size to their content instead.
+    return Console(no_color=not color_allowed(sys.stdout), highlight=False, width=None if tty else 4096,
                    force_terminal=tty and os.environ.get("TERM") != "dumb", soft_wrap=not tty)
 
 

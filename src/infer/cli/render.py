@@ -6,6 +6,7 @@ import json
 import sys
 
 from infer.cli import console
+from infer.units import human_bytes  # noqa: F401 - re-exported for the views
 
 
 def stats_line(done, where: str = "") -> str:
@@ -37,11 +38,3 @@ def result_json(model: str, text: str, done) -> dict:
 def print_json(data) -> None:
     sys.stdout.write(json.dumps(data, ensure_ascii=False, indent=2 if console.is_tty(sys.stdout) else None) + "\n")
     sys.stdout.flush()
-
-
-def human_bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if abs(n) < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} TB"
