@@ -216,14 +216,15 @@ def remove(names: list[str]) -> int:
     with manifest.edit() as models:
         doomed = {n: models[n] for n in names if n in models}
         keep = blobs_in_use(models, excluding=set(doomed))
+        kept_paths = {f.path for n, p in models.items() if n not in doomed for f in p.files}
         for pulled in doomed.values():
             for f in pulled.files:
-                if f.sha256 in keep:
-                    continue  # another pulled model still uses this file
                 link, blob = Path(f.path), blob_path(pulled.repo, f.sha256)
-                if link != blob:
+                if link != blob and f.path not in kept_paths:
                     with contextlib.suppress(FileNotFoundError):
                         link.unlink()
+                if f.sha256 in keep:
+                    continue  # another pulled model still uses these bytes
                 with contextlib.suppress(FileNotFoundError):
                     size = blob.stat().st_size
                     blob.unlink()

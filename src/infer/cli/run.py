@@ -99,5 +99,7 @@ def run(
     elif not answer.endswith("\n"):
         sys.stdout.write("\n")
         sys.stdout.flush()
+    if grammar and done is not None and done.finish_reason == "length":
+        console.warn("the output stopped at the token limit, so the JSON is incomplete: raise --max-tokens")
     if stats and done is not None:
         console.info(render.stats_line(done))

@@ -68,7 +68,10 @@ def list_repo(repo: str, revision: str | None = None) -> Listing:
 
     api = HfApi(endpoint=settings.hf_endpoint(), token=token() or False)
     try:
-        info = api.model_info(repo, revision=revision, files_metadata=True, timeout=15)
+        info = api.model_info(repo, revision=revision or "main", timeout=15)
+        # The tree at that exact commit carries sizes and LFS sha256 (and every mirror serves it).
+        tree = [f for f in api.list_repo_tree(repo, revision=info.sha or revision, recursive=True)
+                if hasattr(f, "size") and hasattr(f, "lfs")]
     except hf_errors.GatedRepoError as e:
         raise AuthError(f"{repo} is gated: your token has no access yet",
                         hint="accept the license on the Hub and set HF_TOKEN") from e
@@ -91,14 +94,8 @@ def list_repo(repo: str, revision: str | None = None) -> Listing:
             raise NetworkError(f"cannot reach {settings.hf_endpoint()}: {_first_line(e)}",
                                hint="check the network or HF_ENDPOINT; nothing was downloaded") from e
         raise
-    files = []
-    for s in info.siblings or []:
-        lfs = getattr(s, "lfs", None)
-        sha = getattr(lfs, "sha256", None) if lfs is not None else None
-        if sha is None and isinstance(lfs, dict):
-            sha = lfs.get("sha256")
-        size = getattr(s, "size", None) or (getattr(lfs, "size", None) if lfs is not None else None) or 0
-        files.append(RemoteFile(name=s.rfilename, size=int(size), sha256=sha))
+    files = [RemoteFile(name=f.path, size=int(f.size or 0), sha256=getattr(f.lfs, "sha256", None) if f.lfs else None)
+             for f in tree]
     return Listing(repo=repo, revision=revision or "main", commit=info.sha or revision or "main", files=tuple(files))
 
 
