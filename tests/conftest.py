@@ -53,7 +53,12 @@ class Infer:
         return proc
 
     def popen(self, *args, env: dict | None = None, **kw) -> subprocess.Popen:
-        return subprocess.Popen([infer_bin(), *map(str, args)], env={**self.env, **(env or {})}, **kw)
+        """Start `infer` as a terminal's foreground process would be: SIGINT at its default, even when
+        this test run inherited it ignored (background jobs of a non-interactive shell do)."""
+        import signal
+
+        return subprocess.Popen([infer_bin(), *map(str, args)], env={**self.env, **(env or {})},
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL), **kw)
 
 
 @pytest.fixture

@@ -89,7 +89,12 @@ def _click_exceptions():
 def main(argv: list[str] | None = None) -> None:
     click = _click_exceptions()
     try:
-        app(args=argv, prog_name="infer", standalone_mode=False)
+        # Typer answers a KeyboardInterrupt, and typer.Exit, by returning the exit code here.
+        code = app(args=argv, prog_name="infer", standalone_mode=False)
+        if code == ExitCode.INTERRUPTED:
+            _fail("interrupted", int(ExitCode.INTERRUPTED))
+        if isinstance(code, int) and code:
+            raise SystemExit(code)
     except InferError as e:
         if settings.debug():
             import traceback
