@@ -22,6 +22,7 @@ COMMIT = "0123456789abcdef0123456789abcdef01234567"
 @dataclass
 class Faults:
     cut_after: int | None = None  # close the connection after this many body bytes (once)
+    errors_after_cut: int = 0  # then answer `status` this many times
     errors: int = 0  # answer `status` this many times before serving
     status: int = 500
     stall_after: int | None = None  # send this many bytes, then go silent (once)
@@ -38,6 +39,7 @@ class Served:
     faults: Faults = field(default_factory=Faults)
     bytes_sent: int = 0
     requests: list[str] = field(default_factory=list)  # the Range header of each GET
+    sent: list[int] = field(default_factory=list)  # body bytes sent in answer to each GET
 
     def __post_init__(self):
         self.sha256 = self.sha256 or hashlib.sha256(self.data).hexdigest()
@@ -136,6 +138,8 @@ class Handler(BaseHTTPRequestHandler):
         f = served.faults
         with self.state.lock:
             served.requests.append(self.headers.get("Range", ""))
+            served.sent.append(0)
+            self.index = len(served.sent) - 1
             if f.errors > 0:
                 f.errors -= 1
                 return self._json({"error": "server error"}, f.status)
@@ -172,6 +176,7 @@ class Handler(BaseHTTPRequestHandler):
                 chunk = chunk[: max(0, f.cut_after - sent)]
                 self._write(served, chunk)
                 f.cut_after = None
+                f.errors = f.errors_after_cut
                 self.close_connection = True
                 self.connection.shutdown(2)
                 return
@@ -195,6 +200,7 @@ class Handler(BaseHTTPRequestHandler):
             return False
         with self.state.lock:
             served.bytes_sent += len(chunk)
+            served.sent[self.index] += len(chunk)
         return True
 
 

@@ -154,7 +154,7 @@ def pull(text: str, *, quant: str | None = None, force: bool = False, mmproj: bo
         with store.file_lock(store.lock_path(t.repo, f.sha256)):
             if force or not blob.exists():
                 fetched += _fetch_one(t.repo, f, sources, blob, reporter, notes)
-        path = store.link_snapshot(t.repo, listing.commit, f.name, blob) if listing else blob
+            path = store.link_snapshot(t.repo, listing.commit, f.name, blob) if listing else blob
         stored.append(store.StoredFile(name=f.name, sha256=f.sha256, size=f.size or blob.stat().st_size, path=str(path)))
     if listing:
         store.write_ref(t.repo, listing.revision, listing.commit)

@@ -187,7 +187,7 @@ def link_snapshot(repo: str, commit: str, filename: str, blob: Path) -> Path:
     link = repo_dir(repo) / "snapshots" / commit / filename
     link.parent.mkdir(parents=True, exist_ok=True)
     target = os.path.relpath(blob, link.parent)
-    tmp = link.with_name(f".{link.name}.tmp-link")
+    tmp = link.with_name(f".{link.name}.{os.getpid()}.tmp-link")
     with contextlib.suppress(FileNotFoundError):
         tmp.unlink()
     try:

@@ -156,7 +156,7 @@ def _transfer(url, partial, headers, have, digest, size, progress, policy):
         _set_stall_timeout(resp, policy.stall_timeout)
         with open(partial, "ab") as out:
             while True:
-                block = resp.read(CHUNK)
+                block = resp.read1(CHUNK)  # what has arrived: a stall loses no received byte
                 if not block:
                     break
                 out.write(block)
