@@ -87,7 +87,7 @@ def user_file() -> Path:
 
 
 def _line_of(text: str, alias: str) -> int:
-    pattern = re.compile(r'^\s*\[\s*models\.(?:"%s"|%s)\s*\]' % (re.escape(alias), re.escape(alias)), re.M)
+    pattern = re.compile(r'^[ \t]*\[[ \t]*models\.(?:"%s"|%s)\s*\]' % (re.escape(alias), re.escape(alias)), re.M)
     m = pattern.search(text)
     return text.count("\n", 0, m.start()) + 1 if m else 1
 

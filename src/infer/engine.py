@@ -343,7 +343,7 @@ class Model:
         t_start = time.perf_counter()
         # Reuse the KV cache for the common prefix (a chat resends its whole history).
         keep = 0
-        for a, b in zip(c.tokens, tokens):
+        for a, b in zip(c.tokens, tokens, strict=False):
             if a != b:
                 break
             keep += 1

@@ -6,7 +6,6 @@ mirrors; every source is verified against the same sha256."""
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,7 +76,7 @@ def target_for(text: str, quant: str | None) -> Target:
 
 
 def free_space(path: Path) -> int:
-    override = os.environ.get("INFER_TEST_FREE_BYTES")  # lets tests simulate a full disk
+    override = settings.INFER_TEST_FREE_BYTES.get()  # lets tests simulate a full disk
     if override:
         return int(override)
     probe = path

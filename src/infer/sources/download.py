@@ -37,10 +37,10 @@ class Policy:
 
 
 def policy_from_env() -> Policy:
-    """Timeouts may be shortened for tests with INFER_STALL_TIMEOUT / INFER_RETRY_BACKOFF (seconds)."""
-    stall = float(os.environ.get("INFER_STALL_TIMEOUT", "30"))
-    backoff = float(os.environ.get("INFER_RETRY_BACKOFF", "1"))
-    return Policy(stall_timeout=stall, backoff=backoff)
+    from infer import settings
+
+    return Policy(stall_timeout=float(settings.INFER_STALL_TIMEOUT.get() or 30),
+                  backoff=float(settings.INFER_RETRY_BACKOFF.get() or 1))
 
 
 class _Redirect(urllib.request.HTTPRedirectHandler):

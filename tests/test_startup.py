@@ -1,0 +1,31 @@
+"""Start-up is a feature: the light commands must not import the heavy libraries (structural, not timed)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+HEAVY = ("llama_cpp", "huggingface_hub", "gguf", "numpy", "jinja2")
+
+PROBE = """
+import json, sys
+from infer.cli.app import main
+try:
+    main({args!r})
+except SystemExit:
+    pass
+sys.stderr.write("\\n@@" + json.dumps(sorted(m for m in {heavy!r} if m in sys.modules)) + "\\n")
+"""
+
+
+@pytest.mark.parametrize("args", [["--help"], ["run", "--help"], ["pull", "--help"], ["list"], ["catalog"],
+                                  ["--version"]])
+def test_light_commands_import_no_heavy_module(args, infer):
+    proc = subprocess.run([sys.executable, "-c", PROBE.format(args=args, heavy=HEAVY)], capture_output=True,
+                          text=True, env=infer.env, timeout=60)
+    marker = [line for line in proc.stderr.splitlines() if line.startswith("@@")]
+    assert marker, proc.stderr
+    assert json.loads(marker[-1][2:]) == []
