@@ -50,3 +50,19 @@ def test_unknown_alias_suggests_close_names():
     with pytest.raises(ModelNotFound) as e:
         catalog.load().get("lama3.2:1b")
     assert "llama3.2:1b" in e.value.hint
+
+
+def test_malformed_user_catalog_through_the_cli(infer, home):
+    (home / "config").mkdir(parents=True)
+    (home / "config" / "models.toml").write_text('[models."x"]\nrepo = 5\n')
+    proc = infer("catalog")
+    assert proc.returncode == 2
+    assert len(proc.stderr.strip().splitlines()) == 1 and "models.toml, line 1" in proc.stderr
+
+
+def test_catalog_cli_lists_aliases_with_pulled_state(infer):
+    import json
+
+    data = json.loads(infer("catalog", "--json").stdout)["models"]
+    assert len(data) >= 15 and all(not m["pulled"] for m in data)
+    assert any(m["alias"] == "smollm2" and m["default"] for m in data)

@@ -18,16 +18,13 @@ class Job:
     resolved: resolve.Resolved
 
 
-def auto_pull(text: str, quant: str | None) -> None:
-    """Pull a missing model before running it, as `ollama run` does (never when offline)."""
+def prepare(model: str | None, *, quant: str | None = None, reporter=None) -> Job:
+    """Choose and resolve the model; pull it first if missing, as `ollama run` does (never when offline)."""
     from infer import pull
 
-    pull.pull(text, quant=quant, auto=True)
-
-
-def prepare(model: str | None, *, quant: str | None = None, verbose: bool = False) -> Job:
     text, origin = resolve.choose(model)
-    resolved = resolve.resolve(text, quant=quant, origin=origin, pull=auto_pull)
+    resolved = resolve.resolve(text, quant=quant, origin=origin,
+                               pull=lambda t, q: pull.pull(t, quant=q, auto=True, reporter=reporter))
     return Job(resolved=resolved)
 
 

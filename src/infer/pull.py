@@ -129,6 +129,8 @@ def pull(text: str, *, quant: str | None = None, force: bool = False, mmproj: bo
         raise NetworkError(f"cannot pull {text}: offline mode is on (INFER_OFFLINE / HF_HUB_OFFLINE)",
                            hint="unset it and pull with network access")
     notes: list[str] = []
+    if auto:
+        reporter.notice(f"{text} is not pulled yet: pulling it first")
     mirrors = _mirror_sources(t)
     listing = None
     try:

@@ -65,7 +65,9 @@ def run(
         raise UsageError("no prompt: give one as arguments or pipe text on stdin", hint='infer run "Why is the sky blue?"')
     given = o.sampling_values(temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p,
                               repeat_penalty=repeat_penalty, seed=seed, max_tokens=max_tokens, stop=stop)
-    job = complete.prepare(model, quant=quant, verbose=verbose)
+    from infer.cli.progress import CliReporter
+
+    job = complete.prepare(model, quant=quant, reporter=CliReporter())
     if verbose:
         console.info(f"model: {job.resolved.name} ({job.resolved.path}) from {job.resolved.origin}")
     grammar = complete.grammar_for(schema_obj, json_mode=fmt is not None)
