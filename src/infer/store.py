@@ -153,6 +153,8 @@ class Manifest:
             models[pulled.name] = pulled
 
     def touch(self, name: str) -> None:
+        if name not in self._read():
+            return  # a local file or a model found in the HF cache: nothing to record
         try:
             with self.edit() as models:
                 if name in models:

@@ -15,12 +15,10 @@ from infer.units import human_bytes
 PULL_EPILOG = """\
 Examples:
 
+\b
   infer pull smollm2
-
   infer pull bartowski/Llama-3.2-1B-Instruct-GGUF:Q8_0
-
   infer pull llama3.2:1b --quant Q5_K_M
-
   infer pull Qwen/Qwen2.5-0.5B-Instruct-GGUF/qwen2.5-0.5b-instruct-q4_k_m.gguf
 """
 

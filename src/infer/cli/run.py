@@ -13,14 +13,12 @@ from infer.errors import UsageError
 EPILOG = """\
 Examples:
 
+\b
   infer run "Why is the sky blue?"
-
   cat notes.md | infer run "Summarize in three bullets"
-
   infer run -m qwen2.5:0.5b --temperature 0 --seed 1 -n 64 "Write a haiku"
-
-  infer run --schema '{"type":"object","properties":{"city":{"type":"string"}},"required":["city"]}' "Capital of France?"
-
+  infer run --schema person.json "Invent a person" | jq .name
+  infer run --json -n 32 "hi" | jq .timings
   infer run --raw -n 20 "Once upon a time"
 """
 
