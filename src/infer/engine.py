@@ -348,9 +348,10 @@ class Model:
                 break
             keep += 1
         keep = min(keep, len(tokens) - 1)  # at least one token to evaluate, for fresh logits
-        if keep < len(c.tokens):
-            lib.llama_memory_seq_rm(lib.llama_get_memory(c.ctx.ctx), 0, keep, -1)
-            del c.tokens[keep:]
+        # Always trim past the prefix: a Ctrl-C between llama_decode and our bookkeeping can leave
+        # one token in the cache that c.tokens does not list.
+        lib.llama_memory_seq_rm(lib.llama_get_memory(c.ctx.ctx), 0, keep, -1)
+        del c.tokens[keep:]
         smpl = self._sampler(sampling)
         decoder = codecs.getincrementaldecoder("utf-8")("replace")
         stops = StopMatcher(sampling.stop)

@@ -51,9 +51,10 @@ def examples(*lines: str) -> str:
 
 
 def _register() -> None:
-    from infer.cli import models, run
+    from infer.cli import chat, models, run
 
     app.command("run", epilog=run.EPILOG)(run.run)
+    app.command("chat", epilog=chat.EPILOG)(chat.chat)
     app.command("pull", epilog=models.PULL_EPILOG)(models.pull)
     app.command("list", epilog=examples("infer list", "infer list --json | jq '.models[].name'"))(models.list_models)
     app.command("ls", hidden=True, help="Alias of list.")(models.list_models)

@@ -1,0 +1,344 @@
+"""`infer chat`: an interactive conversation in the terminal, or a scripted one from piped stdin."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Iterator, Optional
+
+import typer
+
+from infer.cli import console, options as o
+from infer.errors import InferError, UsageError
+
+EPILOG = """\
+Examples:
+
+\b
+  infer chat
+  infer chat -m qwen2.5:1.5b -s "You are a terse assistant."
+  infer chat --resume
+  printf 'Hi!\\nName a colour.\\n' | infer chat --quiet
+
+In the chat, /help lists the commands. Type \"\"\" to start and end a multi-line message.
+Piped stdin is a script: one message per line, \"\"\" blocks for several lines, /commands too.
+"""
+
+PROMPT, MORE = ">>> ", "... "
+FENCE = '"""'
+
+
+class View:
+    """Shows answers: live-rendered Markdown on a terminal, raw text otherwise; notes on stderr."""
+
+    def __init__(self, plain: bool, quiet: bool):
+        self.markdown = not plain and console.is_tty(sys.stdout) and console.color_allowed(sys.stdout)
+        self.quiet = quiet
+
+    def stream(self, events: Iterator) -> Iterator:
+        """Render Text events as they come; pass every event on."""
+        if not self.markdown:
+            wrote = ""
+            try:
+                for event in events:
+                    if hasattr(event, "text"):
+                        sys.stdout.write(event.text)
+                        sys.stdout.flush()
+                        wrote = event.text or wrote
+                    yield event
+            finally:
+                if not wrote.endswith("\n"):
+                    sys.stdout.write("\n")
+                sys.stdout.flush()
+            return
+        from rich.live import Live
+        from rich.markdown import Markdown
+
+        # Parsing Markdown costs O(length): re-parse at most every 1/12 s, not on every token.
+        text, shown, last = "", "", 0.0
+        with Live(Markdown(""), console=console.out(), refresh_per_second=12, vertical_overflow="visible") as live:
+            try:
+                for event in events:
+                    if hasattr(event, "text"):
+                        text += event.text
+                        now = time.monotonic()
+                        if now - last >= 1 / 12:
+                            live.update(Markdown(text))
+                            shown, last = text, now
+                    yield event
+            finally:
+                if text != shown:
+                    live.update(Markdown(text))
+
+    def note(self, message: str) -> None:
+        console.dim(message)
+
+    def error(self, e: InferError) -> None:
+        console.err().print(f"[red]error:[/red] {console.escape(e.message)}" + (f" ({console.escape(e.hint)})" if e.hint else ""))
+
+    def stats(self, done) -> None:
+        if self.quiet or done is None:
+            return
+        t, u = done.timings, done.usage
+        self.note(f"{u.completion_tokens} tokens · {t.ttft_s:.2f} s to first token · {t.gen_tps:.1f} tok/s"
+                  + (" · interrupted" if done.finish_reason == "interrupted" else ""))
+
+
+def chat(
+    model: o.Model = None,
+    quant: o.Quant = None,
+    system: o.System = None,
+    temperature: o.Temperature = None,
+    top_p: o.TopP = None,
+    top_k: o.TopK = None,
+    min_p: o.MinP = None,
+    repeat_penalty: o.RepeatPenalty = None,
+    seed: o.Seed = None,
+    max_tokens: o.MaxTokens = None,
+    stop: o.Stop = None,
+    ctx_size: o.CtxSize = None,
+    threads: o.Threads = None,
+    gpu_layers: o.GpuLayers = None,
+    plain: Annotated[bool, typer.Option("--plain", help="Raw text, no Markdown rendering (the default off a terminal).")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", help="No stats line after each answer.")] = False,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the last conversation.")] = False,
+    verbose: o.Verbose = False,
+) -> None:
+    """Talk with a model: streaming, rendered Markdown, history kept safe across Ctrl-C."""
+    from infer import chat as core, complete
+    from infer.cli.progress import CliReporter
+    from infer.session import Conversation
+
+    conv = Conversation()
+    if resume:
+        last = core.latest_chat()
+        if last is None:
+            raise UsageError("there is no saved conversation to resume", hint="start one with `infer chat`")
+        conv = core.read_conversation(last)
+        model = model or conv.model or None
+    given = o.sampling_values(temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p,
+                              repeat_penalty=repeat_penalty, seed=seed, max_tokens=max_tokens, stop=stop)
+    view = View(plain, quiet)
+    job = complete.prepare(model, quant=quant, reporter=CliReporter())
+    if verbose:
+        console.info(f"model: {job.resolved.name} ({job.resolved.path}) from {job.resolved.origin}")
+    session = _open(core, job, o.build_load(ctx_size, threads, gpu_layers, verbose, job.resolved.defaults), given, conv)
+    if system is not None:
+        session.conv.system = system
+    elif session.conv.system is None:
+        session.conv.system = job.resolved.defaults.get("system")
+    if resume:
+        view.note(f"resumed {len(session.conv.messages)} messages from {session.path}")
+    if not session.model.chat_template:
+        view.note("this model has no chat template: using a generic ChatML template")
+    try:
+        if console.is_tty(sys.stdin):
+            _interactive(session, view, ctx_size, threads, gpu_layers, verbose, given)
+        else:
+            _scripted(session, view, ctx_size, threads, gpu_layers, verbose, given)
+    finally:
+        if session.conv.messages:
+            session.save()
+
+
+def _open(core, job, load, given, conv):
+    from infer import complete
+
+    model = complete.load(job, load)
+    model.options = core.Chat.load_options(load, model.n_ctx_train)  # before the context exists
+    return core.Chat(model, job.resolved.name, conv, o.build_sampling(given, job.resolved.defaults))
+
+
+def _interactive(session, view, *load_args) -> None:
+    history = _readline_history()
+    view.note(f"chatting with {session.model_name} · /help for commands · Ctrl-D or /bye to leave")
+    armed = False  # Ctrl-C once at an empty prompt arms; twice leaves
+    while True:
+        try:
+            text = _read_message(input)
+        except EOFError:
+            sys.stderr.write("\n")
+            return
+        except KeyboardInterrupt:
+            if armed:
+                sys.stderr.write("\n")
+                return
+            armed = True
+            sys.stderr.write("\n")
+            view.note("(Ctrl-C again, Ctrl-D or /bye to leave)")
+            continue
+        armed = False
+        history()
+        if not _handle(session, view, text, load_args):
+            return
+
+
+def _scripted(session, view, *load_args) -> None:
+    lines = iter(sys.stdin.read().splitlines())
+
+    def next_line(prompt: str = "") -> str:
+        try:
+            return next(lines)
+        except StopIteration:
+            raise EOFError from None
+
+    while True:
+        try:
+            text = _read_message(next_line)
+        except EOFError:
+            return
+        if not _handle(session, view, text, load_args):
+            return
+
+
+def _read_message(read) -> str:
+    """One message: a line, or the lines between two \"\"\" fences."""
+    line = read(PROMPT)
+    if line.strip() != FENCE and not line.lstrip().startswith(FENCE):
+        return line
+    first = line.strip()[len(FENCE):]
+    parts = [first] if first else []
+    while True:
+        more = read(MORE)
+        if more.rstrip().endswith(FENCE):
+            tail = more.rstrip()[: -len(FENCE)]
+            if tail:
+                parts.append(tail)
+            return "\n".join(parts)
+        parts.append(more)
+
+
+def _readline_history():
+    """Line editing and a persistent history file (platformdirs state dir); returns a saver."""
+    try:
+        import readline
+    except ImportError:  # Windows without pyreadline
+        return lambda: None
+    from infer import settings
+
+    path = settings.state_dir() / "chat_history"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.exists():
+            readline.read_history_file(path)
+        readline.set_history_length(2000)
+    except OSError:
+        pass
+
+    def save() -> None:
+        try:
+            readline.write_history_file(path)
+        except OSError:
+            pass
+
+    return save
+
+
+def _handle(session, view, text: str, load_args) -> bool:
+    """Act on one message or command; False means leave."""
+    if not text.strip():
+        return True
+    try:
+        if text.startswith("/") and not text.startswith("//"):
+            return _command(session, view, text, load_args)
+        _turn(session, view, session.ask(text.removeprefix("/") if text.startswith("//") else text))
+    except InferError as e:
+        view.error(e)
+    return True
+
+
+def _turn(session, view, events) -> None:
+    from infer.chat import TurnInfo
+
+    done = None
+    try:
+        for event in view.stream(events):
+            if isinstance(event, TurnInfo):
+                if event.dropped:
+                    view.note(f"({event.dropped} oldest turn{'s' if event.dropped > 1 else ''} dropped to fit the "
+                              f"{session.n_ctx}-token context)")
+            elif not hasattr(event, "text"):
+                done = event
+    except KeyboardInterrupt:
+        view.note("(interrupted: the partial answer is kept)")
+        return
+    view.stats(done)
+
+
+def _command(session, view, text: str, load_args) -> bool:
+    from infer import chat as core
+    from infer.session import COMMANDS, Conversation, parse_command, parse_set
+
+    cmd = parse_command(text)
+    if cmd.name == "/bye":
+        return False
+    if cmd.name == "/help":
+        for name, doc in COMMANDS.items():
+            console.info(f"  {name:<8} {doc}")
+        console.info('  """      start and end a multi-line message')
+    elif cmd.name == "/system":
+        if cmd.arg:
+            session.conv.system = cmd.arg
+            view.note("system prompt set")
+        else:
+            console.info(session.conv.system or "(no system prompt)")
+    elif cmd.name == "/set":
+        if not cmd.arg:
+            current = {**{k: getattr(session.base, k) for k in ("temperature", "top_p", "top_k", "min_p",
+                                                                 "repeat_penalty", "seed", "max_tokens")},
+                       **session.conv.options}
+            console.info("  " + "  ".join(f"{k}={v}" for k, v in current.items()))
+            return True
+        key, value = parse_set(cmd.arg)
+        session.conv.options[key] = value
+        view.note(f"{key} = {value}")
+    elif cmd.name == "/clear":
+        session.save()
+        session.conv = Conversation(model=session.model_name, system=session.conv.system, options=session.conv.options)
+        session.path = core.chats_dir() / f"{session.conv.created.replace(':', '-')}.json"
+        view.note("new conversation")
+    elif cmd.name == "/save":
+        if not cmd.arg:
+            raise UsageError("usage: /save FILE")
+        view.note(f"saved to {session.save(Path(cmd.arg).expanduser())}")
+    elif cmd.name == "/load":
+        if not cmd.arg:
+            raise UsageError("usage: /load FILE")
+        conv = core.read_conversation(Path(cmd.arg))
+        session.conv = conv
+        view.note(f"loaded {len(conv.messages)} messages"
+                  + (f" (saved with {conv.model}; /model {conv.model} to switch)" if conv.model and conv.model != session.model_name else ""))
+    elif cmd.name == "/model":
+        _switch_model(session, view, cmd.arg, load_args)
+    elif cmd.name == "/stats":
+        used = session.context_used()
+        line = f"context: {used} of {session.n_ctx} tokens used · {len(session.conv.messages)} messages"
+        if session.last:
+            t = session.last.timings
+            line += f" · last answer: {t.ttft_s:.2f} s to first token, {t.gen_tps:.1f} tok/s"
+        console.info(line)
+    elif cmd.name == "/retry":
+        _turn(session, view, session.retry())
+    elif cmd.name == "/undo":
+        view.note(f"removed {session.undo()} message(s)")
+    return True
+
+
+def _switch_model(session, view, name: str, load_args) -> None:
+    from infer import complete
+    from infer.chat import Chat
+    from infer.cli.progress import CliReporter
+
+    if not name:
+        raise UsageError("usage: /model NAME", hint="e.g. /model qwen2.5:0.5b")
+    ctx_size, threads, gpu_layers, verbose, given = load_args
+    job = complete.prepare(name, reporter=CliReporter())
+    load = o.build_load(ctx_size, threads, gpu_layers, verbose, job.resolved.defaults)
+    started = time.perf_counter()
+    new = complete.load(job, load)
+    new.options = Chat.load_options(load, new.n_ctx_train)
+    session.model.close()
+    session.model, session.model_name = new, job.resolved.name
+    session.base = o.build_sampling(given, job.resolved.defaults)
+    view.note(f"now chatting with {job.resolved.name} (loaded in {time.perf_counter() - started:.1f} s; history kept)")
