@@ -182,6 +182,7 @@ class _Context:
     batch: object
     n_ctx: int
     tokens: list[int] = field(default_factory=list)  # what the KV cache holds
+    one: object = None  # a 1-token buffer for llama_batch_get_one
 
 
 class Model:
@@ -280,7 +281,7 @@ class Model:
                              hint="try a smaller --ctx-size, or --kv-type q8_0") from e
         batch = self._internals.LlamaBatch(n_tokens=params.n_batch, embd=0, n_seq_max=1, verbose=opts.verbose)
         self.load_s += time.perf_counter() - t0
-        self._ctx = _Context(ctx=ctx, batch=batch, n_ctx=n_ctx)
+        self._ctx = _Context(ctx=ctx, batch=batch, n_ctx=n_ctx, one=(lib.llama_token * 1)())
         return self._ctx
 
     @property
@@ -313,6 +314,13 @@ class Model:
         return chain
 
     def _decode(self, c: _Context, tokens: list[int], n_past: int) -> None:
+        if len(tokens) == 1:  # the per-token path: one ctypes call, no Python loop over batch fields
+            c.one[0] = tokens[0]
+            rc = self._lib.llama_decode(c.ctx.ctx, self._lib.llama_batch_get_one(c.one, 1))
+            if rc != 0:
+                raise InferError(f"llama_decode failed (code {rc})", hint="try a smaller --ctx-size")
+            c.tokens.append(tokens[0])
+            return
         step = c.batch._n_tokens
         for i in range(0, len(tokens), step):
             chunk = tokens[i:i + step]
@@ -403,6 +411,39 @@ class Model:
                 gen_tps=(n_gen - 1) / gen_s if n_gen > 1 and gen_s > 0 else 0.0,
             ),
         )
+
+    # -- llama-bench's measures -------------------------------------------------------------
+    def _fresh(self, n_ctx: int) -> _Context:
+        c = self.ensure_ctx(n_ctx)
+        self._lib.llama_memory_clear(self._lib.llama_get_memory(c.ctx.ctx), True)
+        c.tokens.clear()
+        return c
+
+    def _random_tokens(self, n: int, seed: int) -> list[int]:
+        import random
+
+        rng = random.Random(seed)
+        n_vocab = self._lib.llama_vocab_n_tokens(self.vocab)
+        return [rng.randrange(n_vocab) for _ in range(n)]
+
+    def bench_pp(self, n: int, n_ctx: int) -> float:
+        """Seconds to evaluate n prompt tokens in batches from an empty cache (llama-bench's pp)."""
+        c = self._fresh(n_ctx)
+        tokens = self._random_tokens(n, n)
+        t0 = time.perf_counter()
+        self._decode(c, tokens, 0)
+        self._lib.llama_synchronize(c.ctx.ctx)
+        return time.perf_counter() - t0
+
+    def bench_tg(self, n: int, n_ctx: int) -> float:
+        """Seconds to decode n tokens one at a time from an empty cache (llama-bench's tg)."""
+        c = self._fresh(n_ctx)
+        token = self._random_tokens(1, 7)
+        t0 = time.perf_counter()
+        for i in range(n):
+            self._decode(c, token, i)
+        self._lib.llama_synchronize(c.ctx.ctx)
+        return time.perf_counter() - t0
 
     def close(self) -> None:
         self._ctx = None

@@ -51,7 +51,7 @@ def examples(*lines: str) -> str:
 
 
 def _register() -> None:
-    from infer.cli import chat, models, run
+    from infer.cli import bench, chat, models, run
 
     app.command("run", epilog=run.EPILOG)(run.run)
     app.command("chat", epilog=chat.EPILOG)(chat.chat)
@@ -63,6 +63,7 @@ def _register() -> None:
     app.command("rm", epilog=examples("infer rm smollm2", "infer rm -y acme/tiny-GGUF:Q8_0"))(models.rm)
     app.command("verify", epilog=examples("infer verify", "infer verify smollm2 --json"))(models.verify)
     app.command("catalog", epilog=examples("infer catalog", "infer catalog --json"))(models.catalog_cmd)
+    app.command("bench", epilog=bench.EPILOG)(bench.bench)
 
 
 _register()
