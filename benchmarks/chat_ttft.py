@@ -37,7 +37,7 @@ def main() -> None:
     ap.add_argument("--turns", type=int, default=12)
     args = ap.parse_args()
     reuse, fresh = run(args.turns, True), run(args.turns, False)
-    rows = [(i + 1, r[0], f"{r[1] * 1000:.0f}", f"{f[1] * 1000:.0f}") for i, (r, f) in enumerate(zip(reuse, fresh))]
+    rows = [(i + 1, r[0], f"{r[1] * 1000:.0f}", f"{f[1] * 1000:.0f}") for i, (r, f) in enumerate(zip(reuse, fresh, strict=True))]
     print(table(rows, ("turn", "history tokens", "ttft ms (infer)", "ttft ms (no reuse)")))
     first, last = summary([t for _, t in reuse[1:3]])["median"], summary([t for _, t in reuse[-2:]])["median"]
     print(f"\ninfer: ttft turns 2-3 {first * 1000:.0f} ms -> last 2 turns {last * 1000:.0f} ms "

@@ -29,3 +29,13 @@ def test_light_commands_import_no_heavy_module(args, infer):
     marker = [line for line in proc.stderr.splitlines() if line.startswith("@@")]
     assert marker, proc.stderr
     assert json.loads(marker[-1][2:]) == []
+
+
+def test_a_completion_request_imports_no_heavy_module(infer):
+    env = {**infer.env, "_INFER_COMPLETE": "complete_bash", "COMP_WORDS": "infer run -m sm", "COMP_CWORD": "3"}
+    proc = subprocess.run([sys.executable, "-c", PROBE.format(args=[], heavy=HEAVY)], capture_output=True,
+                          text=True, env=env, timeout=60)
+    assert "smollm2" in proc.stdout
+    marker = [line for line in proc.stderr.splitlines() if line.startswith("@@")]
+    assert marker, proc.stderr
+    assert json.loads(marker[-1][2:]) == []

@@ -50,20 +50,42 @@ def examples(*lines: str) -> str:
     return "Examples:\n\n\b\n" + "\n".join(f"  {line}" for line in lines)
 
 
+def with_env(command: str, epilog: str) -> str:
+    """Append the environment variables the command reads, from the one registry in settings."""
+    names = ", ".join(v.name for v in settings.env_for(command) if not v.name.startswith("INFER_TEST_"))
+    return f"{epilog.rstrip()}\n\nEnvironment: {names}."
+
+
+def completion(shell: Annotated[str, typer.Argument(help="bash, zsh or fish.", show_default=False,
+                                                    autocompletion=lambda: ["bash", "zsh", "fish"])]) -> None:
+    """Print the shell completion script (see the README to install it)."""
+    from infer.cli.docs import SHELLS, completion_script
+    from infer.errors import UsageError
+
+    if shell not in SHELLS:
+        raise UsageError(f"no completion for {shell!r}", hint="choose bash, zsh or fish")
+    sys.stdout.write(completion_script(shell))
+
+
 def _register() -> None:
     from infer.cli import bench, chat, models, run
 
-    app.command("run", epilog=run.EPILOG)(run.run)
-    app.command("chat", epilog=chat.EPILOG)(chat.chat)
-    app.command("pull", epilog=models.PULL_EPILOG)(models.pull)
-    app.command("list", epilog=examples("infer list", "infer list --json | jq '.models[].name'"))(models.list_models)
+    commands = [
+        ("run", run.run, run.EPILOG),
+        ("chat", chat.chat, chat.EPILOG),
+        ("pull", models.pull, models.PULL_EPILOG),
+        ("list", models.list_models, examples("infer list", "infer list --json | jq '.models[].name'")),
+        ("show", models.show, examples("infer show smollm2", "infer show smollm2 --template",
+                                       "infer show ./model.gguf --json")),
+        ("rm", models.rm, examples("infer rm smollm2", "infer rm -y acme/tiny-GGUF:Q8_0")),
+        ("verify", models.verify, examples("infer verify", "infer verify smollm2 --json")),
+        ("catalog", models.catalog_cmd, examples("infer catalog", "infer catalog --json")),
+        ("bench", bench.bench, bench.EPILOG),
+        ("completion", completion, examples("infer completion bash > ~/.local/share/bash-completion/completions/infer")),
+    ]
+    for name, fn, epilog in commands:
+        app.command(name, epilog=with_env(name, epilog))(fn)
     app.command("ls", hidden=True, help="Alias of list.")(models.list_models)
-    app.command("show", epilog=examples("infer show smollm2", "infer show smollm2 --template",
-                                        "infer show ./model.gguf --json"))(models.show)
-    app.command("rm", epilog=examples("infer rm smollm2", "infer rm -y acme/tiny-GGUF:Q8_0"))(models.rm)
-    app.command("verify", epilog=examples("infer verify", "infer verify smollm2 --json"))(models.verify)
-    app.command("catalog", epilog=examples("infer catalog", "infer catalog --json"))(models.catalog_cmd)
-    app.command("bench", epilog=bench.EPILOG)(bench.bench)
 
 
 _register()
@@ -95,8 +117,15 @@ def _click_exceptions():
     return exceptions
 
 
+COMPLETE_VAR = "_INFER_COMPLETE"
+
+
 def main(argv: list[str] | None = None) -> None:
     click = _click_exceptions()
+    if COMPLETE_VAR in os.environ:  # a shell asks for completions: answer fast, nothing else
+        from typer.completion import completion_init
+
+        completion_init()
     try:
         # Typer answers a KeyboardInterrupt, and typer.Exit, by returning the exit code here.
         code = app(args=argv, prog_name="infer", standalone_mode=False)

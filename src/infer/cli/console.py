@@ -32,22 +32,24 @@ def is_tty(stream) -> bool:
 @lru_cache(maxsize=1)
 def err():
     """Rich console on stderr: messages, progress, stats."""
-    from rich.console import Console
-
-    tty = is_tty(sys.stderr)
-    return Console(stderr=True, no_color=not color_allowed(sys.stderr), highlight=False,
-                   force_terminal=tty and os.environ.get("TERM") != "dumb", soft_wrap=not tty)
+    return _console(sys.stderr, stderr=True)
 
 
 @lru_cache(maxsize=1)
 def out():
     """Rich console on stdout, for tables and rendered Markdown on a terminal."""
+    return _console(sys.stdout)
+
+
+def _console(stream, stderr: bool = False):
     from rich.console import Console
 
-    tty = is_tty(sys.stdout)
-    # Off a terminal nothing may be cut to 80 columns: tables size to their content instead.
-    return Console(no_color=not color_allowed(sys.stdout), highlight=False, width=None if tty else 4096,
-                   force_terminal=tty and os.environ.get("TERM") != "dumb", soft_wrap=not tty)
+    tty = is_tty(stream)
+    styled = color_allowed(stream)
+    # No colour means no escape codes at all (Rich's no_color alone keeps bold and dim);
+    # off a terminal nothing may be cut to 80 columns: tables size to their content instead.
+    return Console(stderr=stderr, highlight=False, color_system="auto" if styled else None,
+                   force_terminal=styled, width=None if tty else 4096, soft_wrap=not tty)
 
 
 def warn(message: str) -> None:
