@@ -82,7 +82,9 @@ def test_stats_go_to_stderr_only(infer, smollm2):
     args = ("run", "-m", smollm2.path, "--seed", "5", "-n", "12", "hi")
     plain, with_stats = infer(*args), infer(*args, "--stats")
     assert with_stats.stdout == plain.stdout
-    assert STATS.match(with_stats.stderr.strip()), with_stats.stderr
+    where, stats = with_stats.stderr.strip().splitlines()
+    assert where.startswith("running on: CPU")
+    assert STATS.match(stats), with_stats.stderr
 
 
 def test_stdin_is_material_and_arguments_the_instruction(infer, smollm2):

@@ -4,11 +4,12 @@ The CLI's `run` is a thin adapter over this module (and `chat` reuses its pieces
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Iterator
+from dataclasses import dataclass, replace
+from typing import Callable, Iterator
 
 from infer import resolve
 from infer.engine import Done, LoadOptions, Model, Sampling, Text, json_grammar
+from infer.errors import BadModel, NoSpace
 
 __all__ = ["Job", "prepare", "grammar_for", "run", "Text", "Done"]
 
@@ -34,17 +35,79 @@ def grammar_for(schema: dict | None, json_mode: bool) -> str | None:
     return json_grammar(None) if json_mode else None
 
 
-def load(job: Job, options: LoadOptions) -> Model:
-    model = Model(job.resolved.path, options)
+def model_files_size(path) -> int:
+    """Bytes of the model's files (every part of a split GGUF)."""
+    from infer.sources.quants import split_part
+
+    part = split_part(path.name)
+    if not part:
+        return path.stat().st_size
+    prefix = path.name[: path.name.rfind("-", 0, path.name.rfind("-of-"))]
+    return sum(p.stat().st_size for p in path.parent.glob(f"{prefix}-*-of-*.gguf"))
+
+
+def plan(path, options: LoadOptions, notice: Callable[[str], None]) -> tuple[LoadOptions, str]:
+    """Decide where the model runs (GPU layers) before loading it; refuse what cannot fit anywhere."""
+    from infer import engine, hardware
+    from infer.units import human_bytes
+
+    size = model_files_size(path)
+    ram = hardware.available_memory()
+    if not engine.supports_gpu_offload():
+        if options.n_gpu_layers > 0 or options.n_gpu_layers == -1:
+            notice("this llama.cpp build has no GPU backend: running on the CPU (`infer doctor` says how to get one)")
+        if size > hardware.total_memory() > 0:
+            raise NoSpace(f"the model's weights are {human_bytes(size)} but this machine has "
+                          f"{human_bytes(hardware.total_memory())} of RAM", hint="pick a smaller quant or model")
+        return replace(options, n_gpu_layers=0), "CPU (this llama.cpp build has no GPU backend)"
+    gpus = [d for d in engine.devices() if d.kind in ("gpu", "igpu")]
+    if not gpus and options.n_gpu_layers != 0:
+        notice("this llama.cpp build supports GPUs but none was found: running on the CPU")
+    from infer.gguf_meta import read_info
+
+    info = read_info(path)
+    n_ctx = options.n_ctx or min(info.context_length or 4096, 4096)
+    est = hardware.estimate(info, size, n_ctx, options.kv_type, options.n_ubatch)
+    requested = None if options.n_gpu_layers == -2 else options.n_gpu_layers
+    if requested is not None and requested > est.n_layers + 1:
+        notice(f"--gpu-layers {requested} is more than the model's {est.n_layers + 1} layers: offloading all of them")
+        requested = -1
+    p = hardware.plan_offload(est, sum(d.free for d in gpus), ram, requested)
+    if not p.fits:
+        raise NoSpace(f"the model needs about {human_bytes(est.total)} (weights {human_bytes(est.weights)}, "
+                      f"KV cache {human_bytes(est.kv_cache)} at {n_ctx} tokens) but only "
+                      f"{human_bytes(ram + sum(d.free for d in gpus))} of RAM and VRAM is free",
+                      hint="pick a smaller quant, a smaller --ctx-size, or --kv-type q8_0")
+    return replace(options, n_gpu_layers=p.gpu_layers if p.gpu_layers <= est.n_layers else -1), p.where
+
+
+def load(job: Job, options: LoadOptions, notice: Callable[[str], None] = lambda m: None) -> Model:
+    """Plan, then load; a GPU load that fails (out of memory) is retried with fewer layers, down to the CPU."""
     from infer import store
 
+    options, where = plan(job.resolved.path, options, notice)
+    while True:
+        try:
+            model = Model(job.resolved.path, options)
+            break
+        except BadModel as e:
+            if options.n_gpu_layers == 0:
+                raise
+            fewer = 0 if options.n_gpu_layers < 0 else options.n_gpu_layers // 2
+            notice(f"loading with {'all' if options.n_gpu_layers < 0 else options.n_gpu_layers} GPU layers failed "
+                   f"({e.message}); retrying with {fewer}")
+            options = replace(options, n_gpu_layers=fewer)
+            where = f"{fewer} layers on the GPU (after a failed load)" if fewer else "CPU (after a failed GPU load)"
+    model.where = where
     store.Manifest().touch(job.resolved.name)
     return model
 
 
 def run(job: Job, options: LoadOptions, sampling: Sampling, prompt: str, *, system: str | None = None,
-        raw: bool = False) -> Iterator[Text | Done]:
-    model = load(job, options)
+        raw: bool = False, notice: Callable[[str], None] = lambda m: None,
+        on_load: Callable[[Model], None] = lambda m: None) -> Iterator[Text | Done]:
+    model = load(job, options, notice)
+    on_load(model)
     try:
         if raw:
             tokens = model.tokenize(prompt)

@@ -39,7 +39,7 @@ MIN_CTX = 512
 class LoadOptions:
     n_ctx: int | None = None  # None: sized to prompt + answer, capped by the trained context
     n_threads: int | None = None  # None: physical cores
-    n_gpu_layers: int = 0  # -1: all
+    n_gpu_layers: int = 0  # -1: all; -2: auto (decided by complete.plan before loading)
     flash_attn: str = "auto"  # auto | on | off
     kv_type: str = "f16"
     mlock: bool = False
@@ -201,7 +201,7 @@ class Model:
         _LOG["lines"] = []
         t0 = time.perf_counter()
         params = llama_cpp.llama_model_default_params()
-        params.n_gpu_layers = 0x7FFFFFFF if options.n_gpu_layers < 0 else options.n_gpu_layers
+        params.n_gpu_layers = 0x7FFFFFFF if options.n_gpu_layers == -1 else max(0, options.n_gpu_layers)
         params.use_mmap = options.mmap
         params.use_mlock = options.mlock
         try:
@@ -217,7 +217,8 @@ class Model:
         self.n_ctx_train = self._model.n_ctx_train()
         self.metadata = self._model.metadata()
         self._ctx: _Context | None = None
-        self._decoder_special = False
+        self.n_layers = llama_cpp.llama_model_n_layer(self._model.model)
+        self.where = "CPU" if options.n_gpu_layers == 0 else "GPU"
 
     # -- text <-> tokens -------------------------------------------------------------------
     def tokenize(self, text: str, *, add_bos: bool | None = None, special: bool = True) -> list[int]:
@@ -448,6 +449,48 @@ class Model:
     def close(self) -> None:
         self._ctx = None
         self._model.close()
+
+
+@dataclass(frozen=True)
+class Device:
+    name: str
+    description: str
+    kind: str  # cpu | gpu | igpu | accel
+    free: int
+    total: int
+
+
+def devices() -> list[Device]:
+    """The compute devices this llama.cpp build sees (ggml's backend registry, through ctypes:
+    llama-cpp-python does not bind these functions)."""
+    import sys
+
+    lib_dir = Path(_llama().__file__).parent / "lib"
+    suffix = ".dylib" if sys.platform == "darwin" else ".dll" if sys.platform == "win32" else ".so"
+    try:
+        ggml = ctypes.CDLL(str(lib_dir / f"libggml{suffix}"))
+    except OSError:
+        try:
+            ggml = ctypes.CDLL(str(lib_dir / f"ggml{suffix}"))
+        except OSError:
+            return []
+    ggml.ggml_backend_dev_count.restype = ctypes.c_size_t
+    ggml.ggml_backend_dev_get.argtypes = [ctypes.c_size_t]
+    ggml.ggml_backend_dev_get.restype = ctypes.c_void_p
+    for fn in (ggml.ggml_backend_dev_name, ggml.ggml_backend_dev_description):
+        fn.argtypes, fn.restype = [ctypes.c_void_p], ctypes.c_char_p
+    ggml.ggml_backend_dev_type.argtypes, ggml.ggml_backend_dev_type.restype = [ctypes.c_void_p], ctypes.c_int
+    ggml.ggml_backend_dev_memory.argtypes = [ctypes.c_void_p, ctypes.POINTER(ctypes.c_size_t), ctypes.POINTER(ctypes.c_size_t)]
+    kinds = {0: "cpu", 1: "gpu", 2: "igpu", 3: "accel", 4: "meta"}
+    out = []
+    for i in range(ggml.ggml_backend_dev_count()):
+        dev = ggml.ggml_backend_dev_get(i)
+        free, total = ctypes.c_size_t(0), ctypes.c_size_t(0)
+        ggml.ggml_backend_dev_memory(dev, ctypes.byref(free), ctypes.byref(total))
+        out.append(Device(name=(ggml.ggml_backend_dev_name(dev) or b"").decode(),
+                          description=(ggml.ggml_backend_dev_description(dev) or b"").decode(),
+                          kind=kinds.get(ggml.ggml_backend_dev_type(dev), "other"), free=free.value, total=total.value))
+    return out
 
 
 def system_info() -> str:

@@ -55,6 +55,7 @@ class GGUFInfo:
     license: str | None = None
     quantization: str | None = None
     split_count: int = 1
+    vocab_size: int | None = None
     extra: dict = field(default_factory=dict)
 
 
@@ -92,6 +93,8 @@ def read_info(path: Path) -> GGUFInfo:
     info.chat_template = _scalar(reader, "tokenizer.chat_template")
     info.license = _scalar(reader, "general.license")
     info.split_count = _scalar(reader, "split.count") or 1
+    tokens = reader.fields.get("tokenizer.ggml.tokens")
+    info.vocab_size = len(tokens.data) if tokens is not None else None
     ftype = _scalar(reader, "general.file_type")
     if ftype is not None:
         try:

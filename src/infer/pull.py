@@ -101,9 +101,38 @@ def check_space(repo: str, files: list[hf.RemoteFile], force: bool) -> None:
                       f"{settings.models_dir()}", hint="free some space (`infer rm`), or set INFER_MODELS to a bigger disk")
 
 
+def capacity() -> tuple[int, int]:
+    """(memory a model can use here: RAM + VRAM, what is free now) in bytes."""
+    from infer import engine, hardware
+
+    gpus = [d for d in engine.devices() if d.kind in ("gpu", "igpu")] if engine.supports_gpu_offload() else []
+    return (hardware.total_memory() + sum(d.total for d in gpus),
+            hardware.available_memory() + sum(d.free for d in gpus))
+
+
+AUTO_SHARE = 0.8  # `:auto` leaves a fifth of free memory for the KV cache and everything else
+
+
+def check_runnable(t: Target, listing: hf.Listing, files: list[hf.RemoteFile]) -> None:
+    """Refuse before downloading a model this machine cannot run at all (--force pulls anyway)."""
+    from infer.units import human_bytes
+
+    size = sum(f.size for f in files if "mmproj" not in f.name.lower())
+    total, _free = capacity()
+    if size <= total * 0.95:
+        return
+    sizes = hf.model_sizes([f for f in listing.ggufs() if "mmproj" not in f.name.lower()])
+    smaller = sorted((q for q, s in sizes.items() if s <= total * 0.8), key=lambda q: -sizes[q])[:3]
+    raise NoSpace(f"{t.repo}: the model is {human_bytes(size)} but this machine has {human_bytes(total)} of RAM"
+                  + (" and VRAM" if total > 0 else "") + " in all: it cannot run here",
+                  hint=(f"try a smaller quant: {', '.join(f'{q} ({human_bytes(sizes[q])})' for q in smaller)}; "
+                        if smaller else "") + "or --force to pull anyway")
+
+
 def _plan_hub(t: Target, mmproj: bool) -> tuple[hf.Listing, list[hf.RemoteFile]]:
     listing = hf.list_repo(t.repo, t.revision)
-    files = hf.pick(listing, quant=t.quant, file=t.file, mmproj=mmproj)
+    budget = int(capacity()[1] * AUTO_SHARE) if t.quant == "AUTO" else None
+    files = hf.pick(listing, quant=t.quant, file=t.file, mmproj=mmproj, budget=budget)
     if t.entry and t.entry.sha256 and t.file and files[0].name == t.file and files[0].sha256 != t.entry.sha256:
         raise VerifyError(f"{t.repo}/{t.file} on the Hub is not the file the catalog pins (sha256 differs)",
                           hint=f"pull {t.repo}/{t.file} by its Hub name to take the new file")
@@ -144,6 +173,8 @@ def pull(text: str, *, quant: str | None = None, force: bool = False, mmproj: bo
         notes.append(note)
         files = [hf.RemoteFile(t.entry.file, t.entry.size or 0, t.entry.sha256)]
         hub_sources = False
+    if listing is not None and not force:
+        check_runnable(t, listing, files)
     check_space(t.repo, files, force)
     stored: list[store.StoredFile] = []
     fetched = 0

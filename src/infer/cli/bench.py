@@ -30,6 +30,10 @@ def bench(
     repeat: Annotated[int, typer.Option("-r", "--repeat", min=1, help="Repetitions of each measure.")] = 5,
     threads: o.Threads = None,
     gpu_layers: o.GpuLayers = None,
+    kv_type: o.KvType = "f16",
+    flash_attn: o.FlashAttn = "auto",
+    mlock: o.Mlock = False,
+    no_mmap: o.NoMmap = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object for scripts.")] = False,
     verbose: o.Verbose = False,
 ) -> None:
@@ -41,12 +45,13 @@ def bench(
     if len(set(sizes)) != len(sizes):
         raise UsageError("each -p size may be given once")
     job = complete.prepare(model, quant=quant, reporter=CliReporter())
-    load = o.build_load(None, threads, gpu_layers, verbose, job.resolved.defaults)
+    load = o.build_load(None, threads, gpu_layers, verbose, job.resolved.defaults, kv_type=kv_type, flash_attn=flash_attn, mlock=mlock, no_mmap=no_mmap)
+    load, where = complete.plan(job.resolved.path, load, console.warn)
     quiet = json_out or not console.is_tty(__import__("sys").stderr)
     result = core.run(job.resolved.path, job.resolved.name, load, sizes, gen_tokens, repeat,
                       progress=(lambda m: None) if quiet else (lambda m: console.dim(f"measuring {m}...")))
     if json_out:
-        data = {"model": result.model, "threads": result.threads, "gpu_layers": result.gpu_layers,
+        data = {"model": result.model, "threads": result.threads, "gpu_layers": result.gpu_layers, "where": where,
                 "repeat": repeat, "load_s": asdict(result.load_s), "ttft_s": asdict(result.ttft_s),
                 "pp": [{"n": n, "tps": asdict(s)} for n, s in result.pp.items()],
                 "tg": {"n": result.tg[0], "tps": asdict(result.tg[1])}}
@@ -64,4 +69,4 @@ def bench(
     for label, s in (("ttft (chat)", result.ttft_s), ("load", result.load_s)):
         table.add_row(label, f"{s.median * 1000:.0f}", f"{s.min * 1000:.0f}", f"{s.max * 1000:.0f}", "ms")
     console.out().print(table)
-    console.out().print(f"{result.model} · {result.threads} threads · gpu layers {result.gpu_layers} · {repeat} runs each")
+    console.out().print(f"{result.model} · {result.threads} threads · {where} · {repeat} runs each")

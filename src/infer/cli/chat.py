@@ -100,6 +100,10 @@ def chat(
     ctx_size: o.CtxSize = None,
     threads: o.Threads = None,
     gpu_layers: o.GpuLayers = None,
+    kv_type: o.KvType = "f16",
+    flash_attn: o.FlashAttn = "auto",
+    mlock: o.Mlock = False,
+    no_mmap: o.NoMmap = False,
     plain: Annotated[bool, typer.Option("--plain", help="Raw text, no Markdown rendering (the default off a terminal).")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", help="No stats line after each answer.")] = False,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the last conversation.")] = False,
@@ -123,7 +127,10 @@ def chat(
     job = complete.prepare(model, quant=quant, reporter=CliReporter())
     if verbose:
         console.info(f"model: {job.resolved.name} ({job.resolved.path}) from {job.resolved.origin}")
-    session = _open(core, job, o.build_load(ctx_size, threads, gpu_layers, verbose, job.resolved.defaults), given, conv)
+    load = o.build_load(ctx_size, threads, gpu_layers, verbose, job.resolved.defaults, kv_type=kv_type, flash_attn=flash_attn, mlock=mlock, no_mmap=no_mmap)
+    session = _open(core, job, load, given, conv)
+    if verbose:
+        console.info(f"running on: {session.model.where}")
     if system is not None:
         session.conv.system = system
     elif session.conv.system is None:
@@ -134,9 +141,9 @@ def chat(
         view.note("this model has no chat template: using a generic ChatML template")
     try:
         if console.is_tty(sys.stdin):
-            _interactive(session, view, ctx_size, threads, gpu_layers, verbose, given)
+            _interactive(session, view, load, given)
         else:
-            _scripted(session, view, ctx_size, threads, gpu_layers, verbose, given)
+            _scripted(session, view, load, given)
     finally:
         if session.conv.messages:
             session.save()
@@ -145,8 +152,8 @@ def chat(
 def _open(core, job, load, given, conv):
     from infer import complete
 
-    model = complete.load(job, load)
-    model.options = core.Chat.load_options(load, model.n_ctx_train)  # before the context exists
+    model = complete.load(job, load, console.warn)
+    model.options = core.Chat.load_options(model.options, model.n_ctx_train)  # before the context exists
     return core.Chat(model, job.resolved.name, conv, o.build_sampling(given, job.resolved.defaults))
 
 
@@ -332,12 +339,11 @@ def _switch_model(session, view, name: str, load_args) -> None:
 
     if not name:
         raise UsageError("usage: /model NAME", hint="e.g. /model qwen2.5:0.5b")
-    ctx_size, threads, gpu_layers, verbose, given = load_args
+    load, given = load_args
     job = complete.prepare(name, reporter=CliReporter())
-    load = o.build_load(ctx_size, threads, gpu_layers, verbose, job.resolved.defaults)
     started = time.perf_counter()
-    new = complete.load(job, load)
-    new.options = Chat.load_options(load, new.n_ctx_train)
+    new = complete.load(job, load, console.warn)
+    new.options = Chat.load_options(new.options, new.n_ctx_train)
     session.model.close()
     session.model, session.model_name = new, job.resolved.name
     session.base = o.build_sampling(given, job.resolved.defaults)

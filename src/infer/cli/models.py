@@ -30,7 +30,7 @@ JsonOut = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")
 def pull(
     model: ModelArg,
     quant: o.Quant = None,
-    force: Annotated[bool, typer.Option("--force", "-f", help="Download and verify again even if present.")] = False,
+    force: Annotated[bool, typer.Option("--force", "-f", help="Download and verify again even if present; pull even a model too big to run here.")] = False,
     mmproj: Annotated[bool, typer.Option("--mmproj", help="Also pull the vision projector (mmproj), if the repo has one.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress output.")] = False,
 ) -> None:

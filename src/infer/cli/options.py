@@ -60,9 +60,30 @@ CtxSize = Annotated[Optional[int], typer.Option(
     rich_help_panel=CONTEXT, show_default=False)]
 Threads = Annotated[Optional[int], typer.Option(
     "--threads", "-t", min=1, help="CPU threads. (default: physical cores)", rich_help_panel=CONTEXT, show_default=False)]
-GpuLayers = Annotated[Optional[int], typer.Option(
-    "--gpu-layers", "-ngl", min=-1, help="Layers to offload to the GPU; -1 = all. (default: all on a GPU build)",
+def _gpu_layers(value: str | None) -> str | None:
+    if value is None or value == "auto":
+        return value
+    try:
+        if int(value) >= -1:
+            return value
+    except ValueError:
+        pass
+    raise typer.BadParameter(f"{value!r} is not auto, -1 (all) or a layer count >= 0")
+
+
+GpuLayers = Annotated[Optional[str], typer.Option(
+    "--gpu-layers", "-ngl", callback=_gpu_layers, metavar="auto|N",
+    help="Layers to offload to the GPU: auto (all that fit), -1 (all), 0 (CPU only) or a count. (default: auto)",
     rich_help_panel=CONTEXT, show_default=False)]
+KvType = Annotated[str, typer.Option(
+    "--kv-type", help="KV cache type: f16, q8_0 (half the memory) or q4_0.", rich_help_panel=CONTEXT,
+    autocompletion=lambda: ["f16", "q8_0", "q4_0"])]
+FlashAttn = Annotated[str, typer.Option(
+    "--flash-attn", help="Flash attention: auto, on or off.", rich_help_panel=CONTEXT,
+    autocompletion=lambda: ["auto", "on", "off"])]
+Mlock = Annotated[bool, typer.Option("--mlock", help="Lock the model in RAM (no swapping).", rich_help_panel=CONTEXT)]
+NoMmap = Annotated[bool, typer.Option("--no-mmap", help="Read the model into memory instead of mapping it.",
+                                      rich_help_panel=CONTEXT)]
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Say which model is used and show llama.cpp's logs.")]
 
 
@@ -82,15 +103,23 @@ def build_sampling(given: dict, model_defaults: dict, **extra):
     return Sampling(**merged)
 
 
-def build_load(ctx_size, threads, gpu_layers, verbose, model_defaults: dict | None = None):
-    from infer.engine import LoadOptions
-    from infer.engine import supports_gpu_offload
+def build_load(ctx_size, threads, gpu_layers, verbose, model_defaults: dict | None = None, *, kv_type: str = "f16",
+               flash_attn: str = "auto", mlock: bool = False, no_mmap: bool = False):
+    """Load options as the user gave them; the GPU layer count is decided later (complete.plan)."""
+    from infer.engine import KV_TYPES, LoadOptions
 
+    if kv_type not in ("f16", "q8_0", "q4_0"):
+        raise UsageError(f"--kv-type {kv_type!r} is not f16, q8_0 or q4_0")
+    if flash_attn not in ("auto", "on", "off"):
+        raise UsageError(f"--flash-attn {flash_attn!r} is not auto, on or off")
+    if kv_type != "f16" and flash_attn == "off":
+        raise UsageError("a quantized --kv-type needs flash attention", hint="use --flash-attn auto or on")
+    assert kv_type in KV_TYPES
     defaults = model_defaults or {}
-    if gpu_layers is None:
-        gpu_layers = -1 if supports_gpu_offload() else 0
-    return LoadOptions(n_ctx=ctx_size or defaults.get("ctx_size"), n_threads=threads, n_gpu_layers=gpu_layers,
-                       verbose=verbose)
+    requested = None if gpu_layers in (None, "auto") else int(gpu_layers)
+    return LoadOptions(n_ctx=ctx_size or defaults.get("ctx_size"), n_threads=threads,
+                       n_gpu_layers=-2 if requested is None else requested, verbose=verbose, kv_type=kv_type,
+                       flash_attn=flash_attn, mlock=mlock, mmap=not no_mmap)
 
 
 def read_stdin() -> str:

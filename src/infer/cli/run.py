@@ -42,6 +42,10 @@ def run(
     ctx_size: o.CtxSize = None,
     threads: o.Threads = None,
     gpu_layers: o.GpuLayers = None,
+    kv_type: o.KvType = "f16",
+    flash_attn: o.FlashAttn = "auto",
+    mlock: o.Mlock = False,
+    no_mmap: o.NoMmap = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object: model, text, finish_reason, usage, timings.",
                                            rich_help_panel=o.OUTPUT)] = False,
     schema: Annotated[Optional[str], typer.Option("--schema", help="Constrain the output to this JSON schema (a file or inline JSON).",
@@ -70,13 +74,15 @@ def run(
         console.info(f"model: {job.resolved.name} ({job.resolved.path}) from {job.resolved.origin}")
     grammar = complete.grammar_for(schema_obj, json_mode=fmt is not None)
     sampling = o.build_sampling(given, job.resolved.defaults, grammar=grammar)
-    load = o.build_load(ctx_size, threads, gpu_layers, verbose, job.resolved.defaults)
+    load = o.build_load(ctx_size, threads, gpu_layers, verbose, job.resolved.defaults, kv_type=kv_type, flash_attn=flash_attn, mlock=mlock, no_mmap=no_mmap)
     system = system if system is not None else job.resolved.defaults.get("system")
     chunks: list[str] = []
     done = None
     stream = not json_out
     try:
-        for event in complete.run(job, load, sampling, text, system=system, raw=raw):
+        show_where = (lambda m: console.info(f"running on: {m.where}")) if verbose or stats else (lambda m: None)
+        for event in complete.run(job, load, sampling, text, system=system, raw=raw, notice=console.warn,
+                                  on_load=show_where):
             if isinstance(event, complete.Text):
                 chunks.append(event.text)
                 if stream:

@@ -120,7 +120,7 @@ def available_quants(listing: Listing) -> list[str]:
 
 
 def pick(listing: Listing, *, quant: str | None = None, file: str | None = None,
-         mmproj: bool = False) -> list[RemoteFile]:
+         mmproj: bool = False, budget: int | None = None) -> list[RemoteFile]:
     """The files to pull: one GGUF, or every part of a split one (and the projector if asked)."""
     unsafe = [f.name for f in listing.files if not safe_name(f.name)]
     if unsafe:
@@ -134,6 +134,8 @@ def pick(listing: Listing, *, quant: str | None = None, file: str | None = None,
         if not chosen:
             names = ", ".join(f.name for f in models[:8])
             raise ModelNotFound(f"{file} is not in {listing.repo}", hint=f"files there: {names}")
+    elif quant and quant.upper() == "AUTO":
+        chosen = _largest_within(listing, models, budget)
     else:
         chosen = _by_quant(listing, models, quant)
     first = chosen[0]
@@ -151,6 +153,29 @@ def pick(listing: Listing, *, quant: str | None = None, file: str | None = None,
         proj = [f for f in listing.ggufs() if "mmproj" in f.name.lower()]
         chosen += sorted(proj, key=lambda f: (quant_of(f.name) != "F16", f.name))[:1]
     return chosen
+
+
+def model_sizes(models: list[RemoteFile]) -> dict[str, int]:
+    """Bytes per quant (all parts of a split model together), for the choice and for messages."""
+    sizes: dict[str, int] = {}
+    for f in models:
+        q = quant_of(f.name)
+        if q:
+            sizes[q] = sizes.get(q, 0) + f.size
+    return sizes
+
+
+def _largest_within(listing: Listing, models: list[RemoteFile], budget: int | None) -> list[RemoteFile]:
+    """`:auto`: the largest (best) quant whose files fit the memory budget."""
+    sizes = model_sizes(models)
+    fitting = [q for q, size in sizes.items() if budget is None or size <= budget]
+    if not fitting:
+        from infer.units import human_bytes
+
+        smallest = min(sizes.items(), key=lambda kv: kv[1]) if sizes else None
+        raise ModelNotFound(f"no quant of {listing.repo} fits in {human_bytes(budget or 0)}",
+                            hint=f"the smallest is {smallest[0]} ({human_bytes(smallest[1])})" if smallest else None)
+    return _by_quant(listing, models, max(fitting, key=lambda q: sizes[q]))
 
 
 def _by_quant(listing: Listing, models: list[RemoteFile], quant: str | None) -> list[RemoteFile]:
