@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# CUDA verification on a GPU machine with no network (the H100 lent by the workplace), in two phases:
+#   build:   llama-cpp-python with CUDA from the carried source distribution (+ its native tools),
+#            a synthetic Llama-3.2-1B-shaped GGUF quantized to Q4_K_M
+#   measure: infer doctor, infer run with offload, the GPU-marked tests, infer bench vs llama-bench,
+#            streaming generation vs llama-completion
+# Inputs in .device-in/ (sdist trimmed of docs/media/.git/tools/ui, wheels the machine lacks, the
+# vocab-only GGUF); outputs in .device-out/ (kept between calls on the same machine).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+IN=$PWD/.device-in OUT_DIR=$PWD/.device-out
+mkdir -p "$OUT_DIR/bin" "$OUT_DIR/models"
+export PYTHONPATH="$OUT_DIR/site:$PWD/src" PATH="$OUT_DIR/bin:$PATH"
+MODEL=$OUT_DIR/models/llama-1b-Q4_K_M.gguf
+RESULTS=${OUT:-$OUT_DIR}
+
+build() {
+  python3 -m pip install -q --no-index --no-deps --target "$OUT_DIR/site" "$IN"/whl/*.whl
+  CMAKE_ARGS="-DGGML_CUDA=on -DCMAKE_CUDA_ARCHITECTURES=90 -DLLAMA_BUILD_TOOLS=ON -DLLAMA_BUILD_SERVER=OFF -DLLAVA_BUILD=OFF" \
+  CMAKE_BUILD_PARALLEL_LEVEL=16 python3 -m pip install -q --no-build-isolation --no-index --no-deps \
+    --target "$OUT_DIR/site" --config-settings=build-dir="$OUT_DIR/build" "$IN"/llama_cpp_python-*.tar.gz
+  printf '#!/bin/sh\nexec python3 -m infer "$@"\n' > "$OUT_DIR/bin/infer" && chmod +x "$OUT_DIR/bin/infer"
+  python3 benchmarks/synth_gguf.py "$IN/ggml-vocab-llama-bpe.gguf" "$OUT_DIR/models/llama-1b-F16.gguf" 1b
+  "$OUT_DIR/build/bin/llama-quantize" "$OUT_DIR/models/llama-1b-F16.gguf" "$MODEL" Q4_K_M 16 > /dev/null 2>&1
+  ls -la "$OUT_DIR/models" "$OUT_DIR/build/bin" | head -30
+}
+
+measure() {
+  B=$OUT_DIR/build/bin
+  nvidia-smi --query-gpu=name,memory.total,memory.used --format=csv | tee "$RESULTS/gpu.txt"
+  infer --version
+  infer doctor -m "$MODEL" | tee "$RESULTS/doctor.txt"
+  infer run -m "$MODEL" -n 32 --stats --raw "Once upon a time" 2>&1 | tail -3 | tee "$RESULTS/run.txt"
+  INFER_TEST_GPU_MODEL=$MODEL python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py 2>&1 | tail -5 | tee "$RESULTS/tests.txt"
+  for i in 1 2 3; do
+    "$B/llama-bench" -m "$MODEL" -ngl 99 -fa 1 -p 512 -n 128 -r 5 -o json > "$RESULTS/llama-bench-$i.json"
+    infer bench -m "$MODEL" --flash-attn on -p 512 -n 128 -r 5 --json > "$RESULTS/infer-bench-$i.json"
+  done
+  for i in 1 2 3 4 5; do
+    "$B/llama-completion" -m "$MODEL" -ngl 99 -fa on -n 256 --ignore-eos -no-cnv -p "Once upon a time" --temp 0 \
+      2>&1 >/dev/null | grep -E "eval time" | tail -1 >> "$RESULTS/llama-completion.txt" || true
+    infer run -m "$MODEL" --raw --flash-attn on -n 256 --temperature 0 --json "Once upon a time" \
+      | python3 -c "import json,sys; d=json.load(sys.stdin); print(d['timings']['gen_tps'], d['usage']['completion_tokens'])" \
+      >> "$RESULTS/infer-run.txt"
+  done
+  python3 - "$RESULTS" <<'PY'
+import json, re, statistics, sys, pathlib
+r = pathlib.Path(sys.argv[1])
+nat = {"pp": [], "tg": []}; ours = {"pp": [], "tg": []}
+for f in sorted(r.glob("llama-bench-*.json")):
+    for row in json.loads(f.read_text()):
+        nat["pp" if row["n_prompt"] else "tg"].append(row["avg_ts"])
+for f in sorted(r.glob("infer-bench-*.json")):
+    d = json.loads(f.read_text()); ours["pp"].append(d["pp"][0]["tps"]["median"]); ours["tg"].append(d["tg"]["tps"]["median"])
+lc = [float(m.group(1)) for m in re.finditer(r"([\d.]+) tokens per second", (r / "llama-completion.txt").read_text())]
+ir = [float(line.split()[0]) for line in (r / "infer-run.txt").read_text().split("\n") if line.strip()]
+med = statistics.median
+out = {"pp512": {"native": med(nat["pp"]), "infer": med(ours["pp"])}, "tg128": {"native": med(nat["tg"]), "infer": med(ours["tg"])},
+       "stream256": {"llama-completion": med(lc) if lc else None, "infer run": med(ir) if ir else None}}
+for k in ("pp512", "tg128"):
+    out[k]["ratio"] = out[k]["infer"] / out[k]["native"]
+if lc and ir:
+    out["stream256"]["ratio"] = med(ir) / med(lc)
+    out["stream256"]["vs_llama_bench_tg"] = med(ir) / med(nat["tg"])
+(r / "summary.json").write_text(json.dumps(out, indent=2))
+print(json.dumps(out, indent=2))
+PY
+}
+
+"${1:-measure}"
