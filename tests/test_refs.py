@@ -24,10 +24,19 @@ from infer.refs import ModelRef, parse
     ("~/m.gguf", ModelRef("local", "~/m.gguf")),
     ("model.gguf", ModelRef("local", "model.gguf")),
     ("dir/model.gguf", ModelRef("local", "dir/model.gguf")),
+    (".cache/models/m.gguf", ModelRef("local", ".cache/models/m.gguf")),
     ("  smollm2  ", ModelRef("alias", "smollm2")),
 ])
 def test_examples(text, expected):
     assert parse(text) == expected
+
+
+def test_an_existing_deep_relative_path_is_local(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    (tmp_path / "a" / "b" / "m.gguf").write_bytes(b"GGUF")
+    assert parse("a/b/m.gguf") == ModelRef("local", "a/b/m.gguf")
+    assert parse("a/b/other.gguf").kind == "hub"  # not on disk: a file in the Hub repo a/b
 
 
 @pytest.mark.parametrize("text", [

@@ -3,9 +3,9 @@
 Grammar (whitespace around the whole string is ignored)::
 
     ref      := local | hub | alias
-    local    := PATH starting with "/", "./", "../" or "~",
-                or any PATH ending in ".gguf" with fewer than three "/"-separated parts
-                (write "./" in front to force a local path)
+    local    := PATH starting with "/", "./", "../", "~" or a dot-directory (".cache/..."),
+                or any PATH ending in ".gguf" with fewer than three "/"-separated parts,
+                or an existing file ending in ".gguf" (write "./" in front to force a local path)
     hub      := [ "hf.co/" | "huggingface.co/" | "https://huggingface.co/" ]
                 OWNER "/" REPO ( "/" FILE | [ ":" QUANT ] ) [ "@" REVISION ]
     alias    := NAME [ ":" TAG ]                      e.g. smollm2, qwen2.5:0.5b
@@ -73,9 +73,13 @@ def _bad(text: str, why: str) -> UsageError:
 
 
 def _is_local(text: str) -> bool:
-    if text.startswith(("/", "./", "../", "~")) or text in (".", ".."):
-        return True
-    return text.lower().endswith(".gguf") and len(text.split("/")) < 3
+    if text.startswith(("/", "./", "../", "~", ".")) or text in (".", ".."):
+        return True  # no Hub owner starts with a dot
+    if not text.lower().endswith(".gguf"):
+        return False
+    import os
+
+    return len(text.split("/")) < 3 or os.path.isfile(text)
 
 
 def _check_segment(text: str, part: str, what: str) -> None:
