@@ -11,18 +11,22 @@ cd "$(dirname "$0")/.."
 IN=$PWD/.device-in OUT_DIR=$PWD/.device-out
 mkdir -p "$OUT_DIR/bin" "$OUT_DIR/models"
 export PYTHONPATH="$OUT_DIR/site:$PWD/src" PATH="$OUT_DIR/bin:$PATH"
-MODEL=$OUT_DIR/models/llama-1b-Q4_K_M.gguf
+MODEL=./.device-out/models/llama-1b-Q4_K_M.gguf
 RESULTS=${OUT:-$OUT_DIR}
 
 build() {
-  python3 -m pip install -q --no-index --no-deps --target "$OUT_DIR/site" "$IN"/whl/*.whl
+  # A wheel, then `pip install --target --upgrade --force-reinstall`: installing the sdist straight into
+  # --target left bare llama_cpp/, gguf/ and platformdirs/ folders behind (pip skips existing folders).
   CMAKE_ARGS="-DGGML_CUDA=on -DCMAKE_CUDA_ARCHITECTURES=90 -DLLAMA_BUILD_TOOLS=ON -DLLAMA_BUILD_SERVER=OFF -DLLAVA_BUILD=OFF" \
-  CMAKE_BUILD_PARALLEL_LEVEL=16 python3 -m pip install -q --no-build-isolation --no-index --no-deps \
-    --target "$OUT_DIR/site" --config-settings=build-dir="$OUT_DIR/build" "$IN"/llama_cpp_python-*.tar.gz
+  CMAKE_BUILD_PARALLEL_LEVEL=16 python3 -m pip wheel -q --no-build-isolation --no-index --no-deps -w "$OUT_DIR/wheels" \
+    --config-settings=build-dir="$OUT_DIR/build" "$IN"/llama_cpp_python-*.tar.gz
+  python3 -m pip install -q --no-index --no-deps --upgrade --force-reinstall --target "$OUT_DIR/site" \
+    "$OUT_DIR"/wheels/llama_cpp_python-*.whl "$IN"/whl/*.whl
   printf '#!/bin/sh\nexec python3 -m infer "$@"\n' > "$OUT_DIR/bin/infer" && chmod +x "$OUT_DIR/bin/infer"
   python3 benchmarks/synth_gguf.py "$IN/ggml-vocab-llama-bpe.gguf" "$OUT_DIR/models/llama-1b-F16.gguf" 1b
   "$OUT_DIR/build/bin/llama-quantize" "$OUT_DIR/models/llama-1b-F16.gguf" "$MODEL" Q4_K_M 16 > /dev/null 2>&1
-  ls -la "$OUT_DIR/models" "$OUT_DIR/build/bin" | head -30
+  python3 -c "import llama_cpp; assert llama_cpp.llama_supports_gpu_offload(), 'no GPU backend was built'"
+  ls -la "$OUT_DIR/models"
 }
 
 measure() {
@@ -36,9 +40,10 @@ measure() {
     "$B/llama-bench" -m "$MODEL" -ngl 99 -fa 1 -p 512 -n 128 -r 5 -o json > "$RESULTS/llama-bench-$i.json"
     infer bench -m "$MODEL" --flash-attn on -p 512 -n 128 -r 5 --json > "$RESULTS/infer-bench-$i.json"
   done
-  for i in 1 2 3 4 5; do
+  for i in 1 2 3 4 5; do  # llama-completion's "eval time" excludes sampling: keep both lines
     "$B/llama-completion" -m "$MODEL" -ngl 99 -fa on -n 256 --ignore-eos -no-cnv -p "Once upon a time" --temp 0 \
-      2>&1 >/dev/null | grep -E "eval time" | tail -1 >> "$RESULTS/llama-completion.txt" || true
+      2>&1 >/dev/null | grep -E "sampling time|  eval time" | tr '\n' ' ' >> "$RESULTS/llama-completion.txt" || true
+    echo >> "$RESULTS/llama-completion.txt"
     infer run -m "$MODEL" --raw --flash-attn on -n 256 --temperature 0 --json "Once upon a time" \
       | python3 -c "import json,sys; d=json.load(sys.stdin); print(d['timings']['gen_tps'], d['usage']['completion_tokens'])" \
       >> "$RESULTS/infer-run.txt"
@@ -52,7 +57,11 @@ for f in sorted(r.glob("llama-bench-*.json")):
         nat["pp" if row["n_prompt"] else "tg"].append(row["avg_ts"])
 for f in sorted(r.glob("infer-bench-*.json")):
     d = json.loads(f.read_text()); ours["pp"].append(d["pp"][0]["tps"]["median"]); ours["tg"].append(d["tg"]["tps"]["median"])
-lc = [float(m.group(1)) for m in re.finditer(r"([\d.]+) tokens per second", (r / "llama-completion.txt").read_text())]
+lc = []  # tokens per second counting eval + sampling, as a user of llama-completion waits for them
+for line in (r / "llama-completion.txt").read_text().splitlines():
+    s = re.search(r"sampling time =\s+([\d.]+) ms", line); e = re.search(r"eval time =\s+([\d.]+) ms /\s+(\d+) runs", line)
+    if s and e:
+        lc.append(int(e.group(2)) / ((float(s.group(1)) + float(e.group(1))) / 1000))
 ir = [float(line.split()[0]) for line in (r / "infer-run.txt").read_text().split("\n") if line.strip()]
 med = statistics.median
 out = {"pp512": {"native": med(nat["pp"]), "infer": med(ours["pp"])}, "tg128": {"native": med(nat["tg"]), "infer": med(ours["tg"])},

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import socket
@@ -98,7 +97,9 @@ def smollm2() -> "Model":
 
     path = Path(next(m for m in json.loads(listing.stdout)["models"] if m["name"] == "smollm2")["path"])
     assert path.stat().st_size == SMOLLM2_SIZE
-    assert _sha256(path) == SMOLLM2_SHA256
+    from infer.store import sha256_file
+
+    assert sha256_file(path) == SMOLLM2_SHA256
     return Model(path=path, env=env)
 
 
@@ -106,14 +107,6 @@ class Model:
     def __init__(self, path: Path, env: dict):
         self.path = path
         self.env = env  # an environment whose store has the model pulled as `smollm2`
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
 
 
 @pytest.fixture

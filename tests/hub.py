@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ggufs import write_gguf
+from infer.store import sha256_file
 
 
 @dataclass
@@ -29,7 +30,7 @@ def make_repo(mirrors: Path, repo: str, files: dict[str, bytes | Path]) -> HubRe
     out = HubRepo(repo)
     for name, content in files.items():
         if isinstance(content, Path):
-            sha, size = _sha256_file(content), content.stat().st_size
+            sha, size = sha256_file(content), content.stat().st_size
         else:
             sha, size = hashlib.sha256(content).hexdigest(), len(content)
         obj = root / ".git" / "lfs" / "objects" / sha[:2] / sha[2:4] / sha
@@ -50,14 +51,6 @@ def make_repo(mirrors: Path, repo: str, files: dict[str, bytes | Path]) -> HubRe
     subprocess.run(["git", "-C", str(root), "-c", "user.name=test", "-c", "user.email=test@example.invalid",
                     "commit", "-qm", "add models"], check=True)
     return out
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
 
 
 def tiny_repo_files(tmp: Path) -> dict[str, bytes]:
