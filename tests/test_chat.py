@@ -119,12 +119,19 @@ def test_ctrl_c_at_the_prompt_asks_once_then_leaves(pulled):
     assert c.exitstatus == 0
 
 
-def test_ctrl_c_while_loading_ends_cleanly(pulled):
+@pytest.mark.parametrize("delay", [0.2, 0.5, 0.8])
+def test_ctrl_c_while_loading_ends_cleanly(pulled, delay):
+    """Ctrl-C at any point of start-up ends the program with no traceback (llama.cpp's log callback
+    must not swallow it). A signal that lands after loading meets the prompt, which asks once."""
     c = spawn(pulled.env, "-n", "4")
-    time.sleep(0.3)
+    time.sleep(delay)
     c.sendintr()
-    c.expect(pexpect.EOF)
-    assert "Traceback" not in c.before
+    if c.expect([pexpect.EOF, "Ctrl-C again"]) == 1:
+        c.sendintr()
+        c.expect(pexpect.EOF)
+    c.close()
+    assert "Traceback" not in c.before and "Exception ignored" not in c.before
+    assert c.exitstatus in (0, 130) or c.signalstatus == 2
 
 
 def test_small_context_drops_old_turns_and_goes_on(pulled):

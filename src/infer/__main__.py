@@ -1,3 +1,3 @@
-from infer.cli.app import main
+from infer.cli import entry
 
-main()
+entry()

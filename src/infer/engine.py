@@ -105,7 +105,13 @@ def _llama():
     return llama_cpp
 
 
-_LOG = {"verbose": False, "callback": None, "lines": []}
+_LOG = {"verbose": False, "callback": None, "lines": [], "interrupted": False}
+
+
+def _raise_pending_interrupt() -> None:
+    if _LOG["interrupted"]:
+        _LOG["interrupted"] = False
+        raise KeyboardInterrupt
 
 
 def _install_log_sink(llama_cpp) -> None:
@@ -114,13 +120,17 @@ def _install_log_sink(llama_cpp) -> None:
 
     @llama_cpp.llama_log_callback
     def sink(level, text, user_data):  # noqa: ARG001 - signature fixed by ggml
-        msg = text.decode("utf-8", "replace")
-        if _LOG["verbose"]:
-            import sys
+        try:
+            msg = text.decode("utf-8", "replace")
+            if _LOG["verbose"]:
+                import sys
 
-            sys.stderr.write(msg)
-        else:  # keep the last lines: they explain a failed load
-            _LOG["lines"] = (_LOG["lines"] + [msg])[-20:]
+                sys.stderr.write(msg)
+            else:  # keep the last lines: they explain a failed load
+                _LOG["lines"] = (_LOG["lines"] + [msg])[-20:]
+        except KeyboardInterrupt:
+            # ctypes swallows exceptions raised in a callback: remember Ctrl-C, raise it after the C call
+            _LOG["interrupted"] = True
 
     _LOG["callback"] = sink
     llama_cpp.llama_log_set(sink, ctypes.c_void_p(0))
@@ -207,11 +217,13 @@ class Model:
         try:
             self._model = _internals.LlamaModel(path_model=str(path), params=params, verbose=options.verbose)
         except ValueError as e:
+            _raise_pending_interrupt()
             detail = _last_log_error()
             raise BadModel(
                 f"llama.cpp could not load {path}" + (f": {detail}" if detail else ""),
                 hint="the file may be truncated or corrupt (`infer verify`), or need a newer llama-cpp-python",
             ) from e
+        _raise_pending_interrupt()
         self.load_s = time.perf_counter() - t0
         self.vocab = self._model.vocab
         self.n_ctx_train = self._model.n_ctx_train()
@@ -280,6 +292,7 @@ class Model:
             detail = _last_log_error()
             raise InferError(f"llama.cpp could not create a {n_ctx}-token context" + (f": {detail}" if detail else ""),
                              hint="try a smaller --ctx-size, or --kv-type q8_0") from e
+        _raise_pending_interrupt()
         batch = self._internals.LlamaBatch(n_tokens=params.n_batch, embd=0, n_seq_max=1, verbose=opts.verbose)
         self.load_s += time.perf_counter() - t0
         self._ctx = _Context(ctx=ctx, batch=batch, n_ctx=n_ctx, one=(lib.llama_token * 1)())
