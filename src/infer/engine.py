@@ -105,13 +105,40 @@ def _llama():
     return llama_cpp
 
 
-_LOG = {"verbose": False, "callback": None, "lines": [], "interrupted": False}
+_LOG = {"verbose": False, "callback": None, "lines": []}
 
 
-def _raise_pending_interrupt() -> None:
-    if _LOG["interrupted"]:
-        _LOG["interrupted"] = False
-        raise KeyboardInterrupt
+class _DeferredInterrupt:
+    """Ctrl-C while llama.cpp loads: a KeyboardInterrupt raised inside a ctypes callback (llama.cpp
+    logs through Python callbacks) is swallowed by ctypes. So while C code runs, SIGINT only sets a
+    flag; the load's progress callback sees it and cancels the load; on exit, KeyboardInterrupt."""
+
+    def __init__(self):
+        self.hit = False
+        self._prev = None
+
+    def __enter__(self):
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            prev = signal.getsignal(signal.SIGINT)
+            if prev not in (signal.SIG_IGN, signal.SIG_DFL, None):
+                self._prev = prev
+                signal.signal(signal.SIGINT, self._note)
+        return self
+
+    def _note(self, signum, frame):  # noqa: ARG002 - signal handler signature
+        self.hit = True
+
+    def __exit__(self, *exc):
+        import signal
+
+        if self._prev is not None:
+            signal.signal(signal.SIGINT, self._prev)
+        if self.hit:
+            raise KeyboardInterrupt
+        return False
 
 
 def _install_log_sink(llama_cpp) -> None:
@@ -120,17 +147,13 @@ def _install_log_sink(llama_cpp) -> None:
 
     @llama_cpp.llama_log_callback
     def sink(level, text, user_data):  # noqa: ARG001 - signature fixed by ggml
-        try:
-            msg = text.decode("utf-8", "replace")
-            if _LOG["verbose"]:
-                import sys
+        msg = text.decode("utf-8", "replace")
+        if _LOG["verbose"]:
+            import sys
 
-                sys.stderr.write(msg)
-            else:  # keep the last lines: they explain a failed load
-                _LOG["lines"] = (_LOG["lines"] + [msg])[-20:]
-        except KeyboardInterrupt:
-            # ctypes swallows exceptions raised in a callback: remember Ctrl-C, raise it after the C call
-            _LOG["interrupted"] = True
+            sys.stderr.write(msg)
+        else:  # keep the last lines: they explain a failed load
+            _LOG["lines"] = (_LOG["lines"] + [msg])[-20:]
 
     _LOG["callback"] = sink
     llama_cpp.llama_log_set(sink, ctypes.c_void_p(0))
@@ -214,16 +237,20 @@ class Model:
         params.n_gpu_layers = 0x7FFFFFFF if options.n_gpu_layers == -1 else max(0, options.n_gpu_layers)
         params.use_mmap = options.mmap
         params.use_mlock = options.mlock
-        try:
-            self._model = _internals.LlamaModel(path_model=str(path), params=params, verbose=options.verbose)
-        except ValueError as e:
-            _raise_pending_interrupt()
-            detail = _last_log_error()
-            raise BadModel(
-                f"llama.cpp could not load {path}" + (f": {detail}" if detail else ""),
-                hint="the file may be truncated or corrupt (`infer verify`), or need a newer llama-cpp-python",
-            ) from e
-        _raise_pending_interrupt()
+        with _DeferredInterrupt() as interrupt:
+            # returning False from the progress callback makes llama.cpp cancel the load
+            keep_going = llama_cpp.llama_progress_callback(lambda progress, user_data: not interrupt.hit)
+            params.progress_callback = keep_going
+            try:
+                self._model = _internals.LlamaModel(path_model=str(path), params=params, verbose=options.verbose)
+            except ValueError as e:
+                if interrupt.hit:
+                    raise KeyboardInterrupt from None
+                detail = _last_log_error()
+                raise BadModel(
+                    f"llama.cpp could not load {path}" + (f": {detail}" if detail else ""),
+                    hint="the file may be truncated or corrupt (`infer verify`), or need a newer llama-cpp-python",
+                ) from e
         self.load_s = time.perf_counter() - t0
         self.vocab = self._model.vocab
         self.n_ctx_train = self._model.n_ctx_train()
@@ -287,12 +314,12 @@ class Model:
         params.no_perf = True
         t0 = time.perf_counter()
         try:
-            ctx = self._internals.LlamaContext(model=self._model, params=params, verbose=opts.verbose)
+            with _DeferredInterrupt():
+                ctx = self._internals.LlamaContext(model=self._model, params=params, verbose=opts.verbose)
         except ValueError as e:
             detail = _last_log_error()
             raise InferError(f"llama.cpp could not create a {n_ctx}-token context" + (f": {detail}" if detail else ""),
                              hint="try a smaller --ctx-size, or --kv-type q8_0") from e
-        _raise_pending_interrupt()
         batch = self._internals.LlamaBatch(n_tokens=params.n_batch, embd=0, n_seq_max=1, verbose=opts.verbose)
         self.load_s += time.perf_counter() - t0
         self._ctx = _Context(ctx=ctx, batch=batch, n_ctx=n_ctx, one=(lib.llama_token * 1)())
