@@ -4,29 +4,23 @@ The CLI's `run` is a thin adapter over this module (and `chat` reuses its pieces
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Callable, Iterator
 
 from infer import resolve
 from infer.engine import Done, LoadOptions, Model, Sampling, Text, json_grammar
 from infer.errors import BadModel, NoSpace
 
-__all__ = ["Job", "prepare", "grammar_for", "run", "Text", "Done"]
+__all__ = ["prepare", "grammar_for", "run", "Text", "Done"]
 
 
-@dataclass
-class Job:
-    resolved: resolve.Resolved
-
-
-def prepare(model: str | None, *, quant: str | None = None, reporter=None) -> Job:
+def prepare(model: str | None, *, quant: str | None = None, reporter=None) -> resolve.Resolved:
     """Choose and resolve the model; pull it first if missing, as `ollama run` does (never when offline)."""
     from infer import pull
 
     text, origin = resolve.choose(model)
-    resolved = resolve.resolve(text, quant=quant, origin=origin,
-                               pull=lambda t, q: pull.pull(t, quant=q, auto=True, reporter=reporter))
-    return Job(resolved=resolved)
+    return resolve.resolve(text, quant=quant, origin=origin,
+                           pull=lambda t, q: pull.pull(t, quant=q, auto=True, reporter=reporter))
 
 
 def grammar_for(schema: dict | None, json_mode: bool) -> str | None:
@@ -37,13 +31,12 @@ def grammar_for(schema: dict | None, json_mode: bool) -> str | None:
 
 def model_files_size(path) -> int:
     """Bytes of the model's files (every part of a split GGUF)."""
-    from infer.sources.quants import split_part
+    from infer.sources.quants import split_part, split_prefix
 
-    part = split_part(path.name)
-    if not part:
+    if not split_part(path.name):
         return path.stat().st_size
-    prefix = path.name[: path.name.rfind("-", 0, path.name.rfind("-of-"))]
-    return sum(p.stat().st_size for p in path.parent.glob(f"{prefix}-*-of-*.gguf"))
+    prefix = split_prefix(path.name)
+    return sum(p.stat().st_size for p in path.parent.glob("*.gguf") if split_part(p.name) and split_prefix(p.name) == prefix)
 
 
 def plan(path, options: LoadOptions, notice: Callable[[str], None]) -> tuple[LoadOptions, str]:
@@ -81,14 +74,14 @@ def plan(path, options: LoadOptions, notice: Callable[[str], None]) -> tuple[Loa
     return replace(options, n_gpu_layers=p.gpu_layers if p.gpu_layers <= est.n_layers else -1), p.where
 
 
-def load(job: Job, options: LoadOptions, notice: Callable[[str], None] = lambda m: None) -> Model:
+def load(resolved: resolve.Resolved, options: LoadOptions, notice: Callable[[str], None] = lambda m: None) -> Model:
     """Plan, then load; a GPU load that fails (out of memory) is retried with fewer layers, down to the CPU."""
     from infer import store
 
-    options, where = plan(job.resolved.path, options, notice)
+    options, where = plan(resolved.path, options, notice)
     while True:
         try:
-            model = Model(job.resolved.path, options)
+            model = Model(resolved.path, options)
             break
         except BadModel as e:
             if options.n_gpu_layers == 0:
@@ -99,14 +92,14 @@ def load(job: Job, options: LoadOptions, notice: Callable[[str], None] = lambda 
             options = replace(options, n_gpu_layers=fewer)
             where = f"{fewer} layers on the GPU (after a failed load)" if fewer else "CPU (after a failed GPU load)"
     model.where = where
-    store.Manifest().touch(job.resolved.name)
+    store.Manifest().touch(resolved.name)
     return model
 
 
-def run(job: Job, options: LoadOptions, sampling: Sampling, prompt: str, *, system: str | None = None,
+def run(resolved: resolve.Resolved, options: LoadOptions, sampling: Sampling, prompt: str, *, system: str | None = None,
         raw: bool = False, notice: Callable[[str], None] = lambda m: None,
         on_load: Callable[[Model], None] = lambda m: None) -> Iterator[Text | Done]:
-    model = load(job, options, notice)
+    model = load(resolved, options, notice)
     on_load(model)
     try:
         if raw:

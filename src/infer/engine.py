@@ -87,7 +87,7 @@ class Timings:
 
 @dataclass(frozen=True)
 class Done:
-    finish_reason: str  # stop | length | interrupted
+    finish_reason: str  # stop | length  (an interrupted answer ends with KeyboardInterrupt, not Done)
     usage: Usage
     timings: Timings
 
@@ -369,7 +369,7 @@ class Model:
             rc = self._lib.llama_decode(c.ctx.ctx, c.batch.batch)
             if rc != 0:
                 c.tokens = c.tokens[:n_past + i]
-                raise InferError(f"llama_decode failed (code {rc})", hint="try a smaller --ctx-size or --batch-size")
+                raise InferError(f"llama_decode failed (code {rc})", hint="try a smaller --ctx-size")
             c.tokens.extend(chunk)
 
     def check_fits(self, n_prompt: int, max_tokens: int | None, n_ctx: int) -> None:
@@ -433,9 +433,6 @@ class Model:
             tail = "" if stop_hit else stops.flush() + decoder.decode(b"", final=True)
             if tail:
                 yield Text(tail)
-        except GeneratorExit:
-            reason = "interrupted"
-            raise
         finally:
             lib.llama_sampler_free(smpl)
         t_end = time.perf_counter()

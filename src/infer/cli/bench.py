@@ -44,11 +44,11 @@ def bench(
     sizes = prompt_sizes or [512]
     if len(set(sizes)) != len(sizes):
         raise UsageError("each -p size may be given once")
-    job = complete.prepare(model, quant=quant, reporter=CliReporter())
-    load = o.build_load(None, threads, gpu_layers, verbose, job.resolved.defaults, kv_type=kv_type, flash_attn=flash_attn, mlock=mlock, no_mmap=no_mmap)
-    load, where = complete.plan(job.resolved.path, load, console.warn)
+    resolved = complete.prepare(model, quant=quant, reporter=CliReporter())
+    load = o.build_load(None, threads, gpu_layers, verbose, resolved.defaults, kv_type=kv_type, flash_attn=flash_attn, mlock=mlock, no_mmap=no_mmap)
+    load, where = complete.plan(resolved.path, load, console.warn)
     quiet = json_out or not console.is_tty(__import__("sys").stderr)
-    result = core.run(job.resolved.path, job.resolved.name, load, sizes, gen_tokens, repeat,
+    result = core.run(resolved.path, resolved.name, load, sizes, gen_tokens, repeat,
                       progress=(lambda m: None) if quiet else (lambda m: console.dim(f"measuring {m}...")))
     if json_out:
         data = {"model": result.model, "threads": result.threads, "gpu_layers": result.gpu_layers, "where": where,

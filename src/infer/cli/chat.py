@@ -81,8 +81,7 @@ class View:
         if self.quiet or done is None:
             return
         t, u = done.timings, done.usage
-        self.note(f"{u.completion_tokens} tokens · {t.ttft_s:.2f} s to first token · {t.gen_tps:.1f} tok/s"
-                  + (" · interrupted" if done.finish_reason == "interrupted" else ""))
+        self.note(f"{u.completion_tokens} tokens · {t.ttft_s:.2f} s to first token · {t.gen_tps:.1f} tok/s")
 
 
 def chat(
@@ -124,17 +123,17 @@ def chat(
     given = o.sampling_values(temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p,
                               repeat_penalty=repeat_penalty, seed=seed, max_tokens=max_tokens, stop=stop)
     view = View(plain, quiet)
-    job = complete.prepare(model, quant=quant, reporter=CliReporter())
+    resolved = complete.prepare(model, quant=quant, reporter=CliReporter())
     if verbose:
-        console.info(f"model: {job.resolved.name} ({job.resolved.path}) from {job.resolved.origin}")
-    load = o.build_load(ctx_size, threads, gpu_layers, verbose, job.resolved.defaults, kv_type=kv_type, flash_attn=flash_attn, mlock=mlock, no_mmap=no_mmap)
-    session = _open(core, job, load, given, conv)
+        console.info(f"model: {resolved.name} ({resolved.path}) from {resolved.origin}")
+    load = o.build_load(ctx_size, threads, gpu_layers, verbose, resolved.defaults, kv_type=kv_type, flash_attn=flash_attn, mlock=mlock, no_mmap=no_mmap)
+    session = _open(core, resolved, load, given, conv)
     if verbose:
         console.info(f"running on: {session.model.where}")
     if system is not None:
         session.conv.system = system
     elif session.conv.system is None:
-        session.conv.system = job.resolved.defaults.get("system")
+        session.conv.system = resolved.defaults.get("system")
     if resume:
         view.note(f"resumed {len(session.conv.messages)} messages from {session.path}")
     if not session.model.chat_template:
@@ -149,12 +148,12 @@ def chat(
             session.save()
 
 
-def _open(core, job, load, given, conv):
+def _open(core, resolved, load, given, conv):
     from infer import complete
 
-    model = complete.load(job, load, console.warn)
+    model = complete.load(resolved, load, console.warn)
     model.options = core.Chat.load_options(model.options, model.n_ctx_train)  # before the context exists
-    return core.Chat(model, job.resolved.name, conv, o.build_sampling(given, job.resolved.defaults))
+    return core.Chat(model, resolved.name, conv, o.build_sampling(given, resolved.defaults))
 
 
 def _interactive(session, view, *load_args) -> None:
@@ -340,11 +339,11 @@ def _switch_model(session, view, name: str, load_args) -> None:
     if not name:
         raise UsageError("usage: /model NAME", hint="e.g. /model qwen2.5:0.5b")
     load, given = load_args
-    job = complete.prepare(name, reporter=CliReporter())
+    resolved = complete.prepare(name, reporter=CliReporter())
     started = time.perf_counter()
-    new = complete.load(job, load, console.warn)
+    new = complete.load(resolved, load, console.warn)
     new.options = Chat.load_options(new.options, new.n_ctx_train)
     session.model.close()
-    session.model, session.model_name = new, job.resolved.name
-    session.base = o.build_sampling(given, job.resolved.defaults)
-    view.note(f"now chatting with {job.resolved.name} (loaded in {time.perf_counter() - started:.1f} s; history kept)")
+    session.model, session.model_name = new, resolved.name
+    session.base = o.build_sampling(given, resolved.defaults)
+    view.note(f"now chatting with {resolved.name} (loaded in {time.perf_counter() - started:.1f} s; history kept)")

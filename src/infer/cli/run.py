@@ -69,19 +69,19 @@ def run(
                               repeat_penalty=repeat_penalty, seed=seed, max_tokens=max_tokens, stop=stop)
     from infer.cli.progress import CliReporter
 
-    job = complete.prepare(model, quant=quant, reporter=CliReporter())
+    resolved = complete.prepare(model, quant=quant, reporter=CliReporter())
     if verbose:
-        console.info(f"model: {job.resolved.name} ({job.resolved.path}) from {job.resolved.origin}")
+        console.info(f"model: {resolved.name} ({resolved.path}) from {resolved.origin}")
     grammar = complete.grammar_for(schema_obj, json_mode=fmt is not None)
-    sampling = o.build_sampling(given, job.resolved.defaults, grammar=grammar)
-    load = o.build_load(ctx_size, threads, gpu_layers, verbose, job.resolved.defaults, kv_type=kv_type, flash_attn=flash_attn, mlock=mlock, no_mmap=no_mmap)
-    system = system if system is not None else job.resolved.defaults.get("system")
+    sampling = o.build_sampling(given, resolved.defaults, grammar=grammar)
+    load = o.build_load(ctx_size, threads, gpu_layers, verbose, resolved.defaults, kv_type=kv_type, flash_attn=flash_attn, mlock=mlock, no_mmap=no_mmap)
+    system = system if system is not None else resolved.defaults.get("system")
     chunks: list[str] = []
     done = None
     stream = not json_out
     try:
         show_where = (lambda m: console.info(f"running on: {m.where}")) if verbose or stats else (lambda m: None)
-        for event in complete.run(job, load, sampling, text, system=system, raw=raw, notice=console.warn,
+        for event in complete.run(resolved, load, sampling, text, system=system, raw=raw, notice=console.warn,
                                   on_load=show_where):
             if isinstance(event, complete.Text):
                 chunks.append(event.text)
@@ -101,7 +101,7 @@ def run(
         raise
     answer = "".join(chunks)
     if json_out:
-        render.print_json(render.result_json(job.resolved.name, answer, done))
+        render.print_json(render.result_json(resolved.name, answer, done))
     elif not answer.endswith("\n"):
         sys.stdout.write("\n")
         sys.stdout.flush()

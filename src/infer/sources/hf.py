@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from infer import settings
 from infer.catalog import DEFAULT_QUANT, QUANT_FALLBACK
 from infer.errors import AuthError, ModelNotFound, NetworkError
-from infer.sources.quants import quant_of, split_part
+from infer.sources.quants import quant_of, split_part, split_prefix
 
 
 @dataclass(frozen=True)
@@ -141,8 +141,8 @@ def pick(listing: Listing, *, quant: str | None = None, file: str | None = None,
     first = chosen[0]
     part = split_part(first.name)
     if part:
-        prefix = first.name[: first.name.rfind("-", 0, first.name.rfind("-of-"))]
-        chosen = sorted((f for f in models if f.name.startswith(prefix) and split_part(f.name)
+        prefix = split_prefix(first.name)
+        chosen = sorted((f for f in models if split_part(f.name) and split_prefix(f.name) == prefix
                          and split_part(f.name)[1] == part[1]), key=lambda f: split_part(f.name)[0])
         if len(chosen) != part[1]:
             raise ModelNotFound(f"{first.name} is part of a {part[1]}-part model, but {listing.repo} has {len(chosen)} parts")

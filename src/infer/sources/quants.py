@@ -21,6 +21,11 @@ def split_part(filename: str) -> tuple[int, int] | None:
     return (int(m.group(1)), int(m.group(2))) if m else None
 
 
+def split_prefix(filename: str) -> str:
+    """'dir/name-00001-of-00003.gguf' -> 'dir/name': what every part of one split model shares."""
+    return _SPLIT.sub("", filename)
+
+
 def quant_of(filename: str) -> str | None:
     """The quant tag in a GGUF file name ('Llama-3.2-1B-Instruct-Q4_K_M.gguf' -> 'Q4_K_M')."""
     stem = _SPLIT.sub(".gguf", filename.rsplit("/", 1)[-1])
