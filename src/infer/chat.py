@@ -112,6 +112,15 @@ class Chat:
         return target
 
 
+def load_model(resolved, options: LoadOptions, notice=lambda message: None) -> Model:
+    """Load a model for chatting: one context for the whole conversation, sized before it exists."""
+    from infer import complete
+
+    model = complete.load(resolved, options, notice)
+    model.options = Chat.load_options(model.options, model.n_ctx_train)
+    return model
+
+
 def chats_dir() -> Path:
     return settings.data_dir() / "chats"
 

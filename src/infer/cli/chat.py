@@ -127,7 +127,8 @@ def chat(
     if verbose:
         console.info(f"model: {resolved.name} ({resolved.path}) from {resolved.origin}")
     load = o.build_load(ctx_size, threads, gpu_layers, verbose, resolved.defaults, kv_type=kv_type, flash_attn=flash_attn, mlock=mlock, no_mmap=no_mmap)
-    session = _open(core, resolved, load, given, conv)
+    loaded = core.load_model(resolved, load, console.warn)
+    session = core.Chat(loaded, resolved.name, conv, o.build_sampling(given, resolved.defaults))
     if verbose:
         console.info(f"running on: {session.model.where}")
     if system is not None:
@@ -146,14 +147,6 @@ def chat(
     finally:
         if session.conv.messages:
             session.save()
-
-
-def _open(core, resolved, load, given, conv):
-    from infer import complete
-
-    model = complete.load(resolved, load, console.warn)
-    model.options = core.Chat.load_options(model.options, model.n_ctx_train)  # before the context exists
-    return core.Chat(model, resolved.name, conv, o.build_sampling(given, resolved.defaults))
 
 
 def _interactive(session, view, *load_args) -> None:
@@ -333,7 +326,7 @@ def _command(session, view, text: str, load_args) -> bool:
 
 def _switch_model(session, view, name: str, load_args) -> None:
     from infer import complete
-    from infer.chat import Chat
+    from infer.chat import load_model
     from infer.cli.progress import CliReporter
 
     if not name:
@@ -341,8 +334,7 @@ def _switch_model(session, view, name: str, load_args) -> None:
     load, given = load_args
     resolved = complete.prepare(name, reporter=CliReporter())
     started = time.perf_counter()
-    new = complete.load(resolved, load, console.warn)
-    new.options = Chat.load_options(new.options, new.n_ctx_train)
+    new = load_model(resolved, load, console.warn)
     session.model.close()
     session.model, session.model_name = new, resolved.name
     session.base = o.build_sampling(given, resolved.defaults)
