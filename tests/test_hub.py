@@ -45,6 +45,7 @@ def test_split_model_pulls_both_parts(hubbed):
     assert proc.returncode == 0, proc.stderr
     entry = models(hubbed)[f"{TINY}:Q6_K"]
     assert entry["path"].endswith("split/tiny-split-Q6_K-00001-of-00002.gguf")
+    assert entry["params"] == 2000  # the tensors of both parts (1000 elements each)
     assert Path(entry["path"].replace("00001-of", "00002-of")).exists()
 
 
