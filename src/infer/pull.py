@@ -150,7 +150,7 @@ def pull(text: str, *, quant: str | None = None, force: bool = False, mmproj: bo
     t = target_for(text, quant)
     manifest = store.Manifest()
     existing = manifest.get(t.name)
-    if existing and not force and all(Path(f.path).exists() for f in existing.files):
+    if existing and not force and existing.present:
         return Result(existing, already=True)
     if settings.offline():
         raise NetworkError(f"cannot pull {text}: offline mode is on (INFER_OFFLINE / HF_HUB_OFFLINE)",

@@ -57,7 +57,7 @@ def find_local(text: str, quant: str | None = None) -> Resolved | None:
     cat = catalog.load()
     name, entry = store_name(ref, quant, cat)
     pulled = store.Manifest().get(name)
-    if pulled and all(Path(f.path).exists() for f in pulled.files):
+    if pulled and pulled.present:
         return Resolved(path=pulled.path, name=name, entry=entry)
     repo = entry.repo if entry else ref.name
     want_quant = (quant or (entry.quant if entry else ref.quant) or None)

@@ -58,6 +58,11 @@ class Pulled:
     def size(self) -> int:
         return sum(f.size for f in self.files)
 
+    @property
+    def present(self) -> bool:
+        """Every file is still on disk (someone may have deleted one by hand)."""
+        return all(Path(f.path).exists() for f in self.files)
+
     @staticmethod
     def from_json(data: dict) -> "Pulled":
         files = [StoredFile(**f) for f in data.pop("files", [])]

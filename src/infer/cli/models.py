@@ -72,7 +72,7 @@ def list_models(json_out: JsonOut = False) -> None:
     rows = [
         {"name": p.name, "repo": p.repo, "quant": p.quant, "size": p.size, "params": p.params, "context": p.context,
          "pulled_at": p.pulled_at, "last_used": p.last_used or None, "path": str(p.path),
-         "present": all(Path(f.path).exists() for f in p.files)}
+         "present": p.present}
         for p in models.values()
     ]
     if json_out:
