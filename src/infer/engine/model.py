@@ -1,4 +1,4 @@
-"""The engine: the only module that imports llama_cpp.
+"""The model: loading, tokenizing, chat templates, contexts; the only module that imports llama_cpp.
 
 It loads a GGUF model, sizes the context to the need, formats chats with the model's own
 template, and generates through llama.cpp's sampler chain, yielding typed events:
@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import codecs
 import ctypes
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Iterator
 
 from infer import hardware
+from infer.engine.events import Done, Event, Text, Timings, Usage
+from infer.engine.sampling import Sampling, StopMatcher
 from infer.errors import BadModel, ContextOverflow, InferError, UsageError
 from infer.gguf_meta import check_gguf
 
@@ -48,51 +49,6 @@ class LoadOptions:
     n_ubatch: int = 512
     verbose: bool = False
 
-
-@dataclass(frozen=True)
-class Sampling:
-    temperature: float = 0.8
-    top_p: float = 0.95
-    top_k: int = 40
-    min_p: float = 0.05
-    repeat_penalty: float = 1.0
-    repeat_last_n: int = 64
-    seed: int | None = None
-    max_tokens: int | None = None  # None: until end of generation or the context is full
-    stop: tuple[str, ...] = ()
-    grammar: str | None = None  # GBNF text
-
-
-@dataclass(frozen=True)
-class Text:
-    text: str
-
-
-@dataclass(frozen=True)
-class Usage:
-    prompt_tokens: int
-    completion_tokens: int
-    cached_tokens: int = 0
-
-
-@dataclass(frozen=True)
-class Timings:
-    load_s: float
-    ttft_s: float
-    prompt_s: float
-    gen_s: float
-    prompt_tps: float
-    gen_tps: float
-
-
-@dataclass(frozen=True)
-class Done:
-    finish_reason: str  # stop | length  (an interrupted answer ends with KeyboardInterrupt, not Done)
-    usage: Usage
-    timings: Timings
-
-
-Event = Text | Done
 
 KV_TYPES = {"f16": 1, "f32": 0, "q8_0": 8, "q4_0": 2, "q4_1": 3, "q5_0": 6, "q5_1": 7}  # ggml_type ids
 
@@ -165,48 +121,6 @@ def _last_log_error() -> str:
         if line and ("error" in line.lower() or "failed" in line.lower()):
             return line
     return ""
-
-
-def json_grammar(schema: dict | None) -> str:
-    """GBNF for any JSON value (schema None) or for a JSON schema, via llama-cpp-python."""
-    _llama()
-    from llama_cpp import llama_grammar
-
-    if schema is None:
-        return llama_grammar.JSON_GBNF
-    try:
-        return llama_grammar.json_schema_to_gbnf(json.dumps(schema))
-    except Exception as e:  # the converter raises many kinds on bad schemas
-        raise UsageError(f"invalid JSON schema: {e}", hint="pass a JSON schema object, e.g. '{\"type\": \"object\"}'") from e
-
-
-class StopMatcher:
-    """Holds back text that may be the start of a stop string; reports the cut point."""
-
-    def __init__(self, stops: Sequence[str]):
-        self.stops = [s for s in stops if s]
-        self.held = ""
-
-    def feed(self, text: str) -> tuple[str, bool]:
-        if not self.stops:
-            return text, False
-        buf = self.held + text
-        cut = min((i for i in (buf.find(s) for s in self.stops) if i >= 0), default=-1)
-        if cut >= 0:
-            self.held = ""
-            return buf[:cut], True
-        keep = 0
-        for s in self.stops:
-            for k in range(min(len(s) - 1, len(buf)), 0, -1):
-                if buf.endswith(s[:k]):
-                    keep = max(keep, k)
-                    break
-        self.held = buf[len(buf) - keep:] if keep else ""
-        return buf[: len(buf) - keep], False
-
-    def flush(self) -> str:
-        held, self.held = self.held, ""
-        return held
 
 
 @dataclass

@@ -1,0 +1,15 @@
+"""The engine: the only package that imports llama_cpp (lazily, inside the functions that need it).
+
+    events.py    Text, Done, Usage, Timings: the values every caller sees
+    sampling.py  Sampling parameters, JSON grammars, stop strings
+    model.py     load, tokenize, chat templates, contexts, single-sequence generation
+"""
+
+from infer.engine.events import Done, Event, Failed, Text, Timings, Usage
+from infer.engine.model import (
+    KV_TYPES, Device, LoadOptions, Model, devices, supports_gpu_offload, system_info,
+)
+from infer.engine.sampling import Sampling, StopMatcher, json_grammar
+
+__all__ = ["Done", "Event", "Failed", "Text", "Timings", "Usage", "KV_TYPES", "Device", "LoadOptions", "Model", "devices",
+           "supports_gpu_offload", "system_info", "Sampling", "StopMatcher", "json_grammar"]

@@ -1,0 +1,45 @@
+"""The values every caller of the engine sees: text chunks as they are decoded, then one Done."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Text:
+    text: str
+
+
+@dataclass(frozen=True)
+class Usage:
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int = 0
+
+
+@dataclass(frozen=True)
+class Timings:
+    load_s: float
+    ttft_s: float
+    prompt_s: float
+    gen_s: float
+    prompt_tps: float
+    gen_tps: float
+    queue_s: float = 0.0  # waiting for a free sequence slot
+
+
+@dataclass(frozen=True)
+class Done:
+    finish_reason: str  # stop | length | cancelled
+    usage: Usage
+    timings: Timings
+
+
+@dataclass(frozen=True)
+class Failed:
+    """A request the engine could not finish (the handle raises `error` in the caller's thread)."""
+
+    error: Exception
+
+
+Event = Text | Done

@@ -1,0 +1,385 @@
+"""The scheduler: one llama context, many sequences, one decode per step (continuous batching).
+
+Every request — `run`, `chat`, `batch`, the server — goes through here. A request waits in a queue
+until a sequence slot is free, then each step is one decode holding the next token of every
+generating sequence plus a bounded chunk of the prompts being read (chunked prefill), after which
+each sequence samples from its own logits with its own sampler chain. A finished or cancelled
+sequence leaves its slot at once and the next waiting request takes it mid-flight.
+
+A slot keeps the KV of its last sequence after it finishes; a new request goes to the free slot
+whose cached tokens share the longest prefix with its prompt (as llama.cpp's server does), so a
+chat that resends its history only reads the new turn.
+
+The step is three phases, as in nano-vllm: `_schedule()` builds the batch, the backend decodes it,
+`_postprocess()` samples and emits. The decode loop runs in a thread of its own; callers get their
+events through a thread-safe queue, so nothing that waits on a caller (a terminal, a socket) ever
+holds up the other sequences, and a Ctrl-C in the caller's thread never lands inside llama.cpp.
+
+The backend is everything that touches llama.cpp (see `LlamaBackend` in model.py); unit tests drive
+the scheduler with a fake one.
+"""
+
+from __future__ import annotations
+
+import codecs
+import itertools
+import queue
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Iterator, Protocol
+
+from infer.engine.events import Done, Failed, Text, Timings, Usage
+from infer.engine.sampling import Sampling, StopMatcher
+from infer.errors import ContextOverflow, InferError
+
+PREFILL_CHUNK = 512  # prompt tokens a step may add while other sequences are generating
+MIN_PREFIX_REUSE = 1  # the in-memory slot cache reuses any common prefix (it costs nothing to keep)
+
+
+class Backend(Protocol):
+    """What the scheduler needs from llama.cpp. One pending batch is filled, then decoded."""
+
+    n_seq: int  # sequence slots
+    n_ctx_seq: int  # KV cells per slot
+    n_batch: int  # most tokens in one decode
+
+    def add(self, token: int, pos: int, seq: int, logits: bool) -> None: ...
+    def decode(self) -> None: ...  # decodes the pending batch and empties it; raises InferError
+    def sample(self, sampler: object, index: int) -> int: ...  # index: position in the decoded batch
+    def forget(self, seq: int, start: int) -> None: ...  # drop the slot's KV cells from `start` on
+    def new_sampler(self, sampling: Sampling) -> object: ...
+    def free_sampler(self, sampler: object) -> None: ...
+    def is_eog(self, token: int) -> bool: ...
+    def piece(self, token: int) -> bytes: ...
+
+
+@dataclass
+class Request:
+    tokens: list[int]
+    sampling: Sampling
+    id: str = ""
+
+
+class Handle:
+    """A submitted request: iterate it for events (Text..., then Done); cancel() from any thread."""
+
+    def __init__(self, request: Request, sink: "queue.SimpleQueue | None" = None, wake=lambda: None):
+        self.request = request
+        self.cancelled = threading.Event()
+        self.finished = threading.Event()
+        self.done: Done | None = None
+        self._events: queue.SimpleQueue = queue.SimpleQueue()
+        self._sink = sink
+        self._wake = wake
+
+    def cancel(self) -> None:
+        self.cancelled.set()
+        self._wake()
+
+    def _emit(self, event) -> None:
+        if isinstance(event, (Done, Failed)):
+            if isinstance(event, Done):
+                self.done = event
+            self.finished.set()
+        if self._sink is not None:
+            self._sink.put((self, event))
+        else:
+            self._events.put(event)
+
+    def __iter__(self) -> Iterator[Text | Done]:
+        """Events until Done; a Failed event is raised as its error. Leaving early cancels the request."""
+        try:
+            while True:
+                event = self._events.get()
+                if isinstance(event, Failed):
+                    raise event.error
+                yield event
+                if isinstance(event, Done):
+                    return
+        finally:
+            if not self.finished.is_set():
+                self.cancel()
+                self.finished.wait()
+
+
+@dataclass
+class _Seq:
+    """A request while it holds a slot."""
+
+    handle: Handle
+    slot: int
+    prompt: list[int]
+    budget: int  # tokens it may generate
+    sampler: object
+    cached: int  # prompt tokens whose KV was already in the slot
+    read: int  # prompt tokens in the KV so far
+    t_submit: float
+    t_admit: float
+    pending: int | None = None  # the last sampled token, decoded at the next step
+    logits_at: int = -1  # its index in the batch being decoded, when it wants logits
+    n_gen: int = 0
+    t_first: float | None = None
+    t_read: float | None = None
+    decoder: object = field(default_factory=lambda: codecs.getincrementaldecoder("utf-8")("replace"))
+    stops: StopMatcher | None = None
+
+
+class Scheduler:
+    def __init__(self, backend: Backend, *, load_s: float = 0.0, threaded: bool = True,
+                 prefill_chunk: int = PREFILL_CHUNK):
+        self.backend = backend
+        self.load_s = load_s
+        self.prefill_chunk = prefill_chunk
+        self.waiting: deque[tuple[Handle, float]] = deque()
+        self.active: dict[int, _Seq] = {}
+        self.slot_tokens: list[list[int]] = [[] for _ in range(backend.n_seq)]  # what each slot's KV holds
+        self.slot_used: list[int] = [0] * backend.n_seq  # LRU clock per slot
+        self._clock = itertools.count(1)
+        self._cond = threading.Condition()
+        self._closed = False
+        self.steps = 0
+        self._thread = None
+        if threaded:
+            self._thread = threading.Thread(target=self._loop, name="infer-scheduler", daemon=True)
+            self._thread.start()
+
+    # -- the caller's side -----------------------------------------------------------------
+    @property
+    def n_seq(self) -> int:
+        return self.backend.n_seq
+
+    @property
+    def n_ctx_seq(self) -> int:
+        return self.backend.n_ctx_seq
+
+    def check(self, n_prompt: int, max_tokens: int | None) -> None:
+        """Refuse a request that cannot fit one slot: never truncate."""
+        need = n_prompt + (max_tokens or 1)
+        if need > self.n_ctx_seq:
+            raise ContextOverflow(
+                f"the prompt is {n_prompt} tokens and {max_tokens or 1} more were asked for, "
+                f"but a sequence's context holds {self.n_ctx_seq}",
+                hint="shorten the input, lower the token limit, or raise --ctx-size")
+
+    def submit(self, request: Request, sink: "queue.SimpleQueue | None" = None) -> Handle:
+        """Queue a request; its events come through the returned handle (or `sink`, as (handle, event))."""
+        if not request.tokens:
+            raise InferError("an empty prompt cannot be evaluated")
+        self.check(len(request.tokens), request.sampling.max_tokens)
+        handle = Handle(request, sink, self._wake)
+        with self._cond:
+            if self._closed:
+                raise InferError("the engine is shutting down")
+            self.waiting.append((handle, time.perf_counter()))
+            self._cond.notify()
+        return handle
+
+    def stats(self) -> dict:
+        with self._cond:
+            return {"busy": len(self.active), "free": self.n_seq - len(self.active), "waiting": len(self.waiting)}
+
+    def close(self) -> None:
+        """Stop the loop; requests still queued or running end with an error."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join()
+        self._fail_all(InferError("the engine was shut down before the request finished"))
+
+    def _wake(self) -> None:
+        with self._cond:
+            self._cond.notify()
+
+    # -- the loop --------------------------------------------------------------------------
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while not self._closed and not self.waiting and not self.active:
+                    self._cond.wait()
+                if self._closed:
+                    return
+            try:
+                self.step()
+            except BaseException as e:  # noqa: BLE001 - the thread must not die silently
+                self._fail_all(e if isinstance(e, InferError) else InferError(f"engine error: {type(e).__name__}: {e}"))
+
+    def step(self) -> bool:
+        """One scheduling step; False when there was nothing to do."""
+        self._reap_cancelled()
+        self._admit()
+        if not self.active:
+            return False
+        fed = self._schedule()
+        if not fed:
+            return False
+        try:
+            self.backend.decode()
+        except InferError as e:
+            for seq in fed:
+                self._finish(seq, failed=e)
+            return True
+        self.steps += 1
+        self._postprocess(fed)
+        return True
+
+    def _reap_cancelled(self) -> None:
+        with self._cond:
+            gone = [h for h, _ in self.waiting if h.cancelled.is_set()]
+            for h in gone:
+                self.waiting = deque((w, t) for w, t in self.waiting if w is not h)
+        for h in gone:
+            h._emit(self._done(None, "cancelled", h.request, time.perf_counter()))
+        for seq in [s for s in self.active.values() if s.handle.cancelled.is_set()]:
+            self._finish(seq, reason="cancelled")
+
+    def _admit(self) -> None:
+        while True:
+            with self._cond:
+                free = [i for i in range(self.n_seq) if i not in self.active]
+                if not free or not self.waiting:
+                    return
+                handle, t_submit = self.waiting.popleft()
+            self._start(handle, t_submit, self._pick_slot(free, handle.request.tokens))
+
+    def _pick_slot(self, free: list[int], tokens: list[int]) -> int:
+        """The free slot whose cached tokens share the longest prefix; else the least recently used."""
+        best, best_len = None, MIN_PREFIX_REUSE - 1
+        for i in free:
+            n = _common_prefix(self.slot_tokens[i], tokens)
+            if n > best_len:
+                best, best_len = i, n
+        return best if best is not None else min(free, key=lambda i: self.slot_used[i])
+
+    def _start(self, handle: Handle, t_submit: float, slot: int) -> None:
+        req, b = handle.request, self.backend
+        cached = min(_common_prefix(self.slot_tokens[slot], req.tokens), len(req.tokens) - 1)
+        b.forget(slot, cached)
+        del self.slot_tokens[slot][cached:]
+        try:
+            sampler = b.new_sampler(req.sampling)
+        except InferError as e:
+            handle._emit(Failed(e))
+            return
+        budget = min(req.sampling.max_tokens or self.n_ctx_seq, self.n_ctx_seq - len(req.tokens))
+        seq = _Seq(handle=handle, slot=slot, prompt=req.tokens, budget=budget, sampler=sampler, cached=cached,
+                   read=cached, t_submit=t_submit, t_admit=time.perf_counter(),
+                   stops=StopMatcher(req.sampling.stop))
+        self.slot_used[slot] = next(self._clock)
+        self.active[slot] = seq
+
+    def _schedule(self) -> list[_Seq]:
+        """Fill the batch: every generating sequence's next token, then prompt chunks in arrival order."""
+        fed: list[_Seq] = []
+        self._n_batched = 0
+        for seq in self.active.values():
+            seq.logits_at = -1
+            if seq.pending is not None:
+                self._feed(seq, [seq.pending], logits_last=True)
+                seq.pending = None
+                fed.append(seq)
+        room = self.backend.n_batch - self._n_batched
+        if fed:  # others are waiting for their next token: read prompts one bounded chunk at a time
+            room = min(room, self.prefill_chunk)
+        for seq in sorted(self.active.values(), key=lambda s: s.t_admit):
+            left = len(seq.prompt) - seq.read
+            if room <= 0:
+                break
+            if left <= 0 or seq in fed:
+                continue
+            take = min(left, room)
+            self._feed(seq, seq.prompt[seq.read:seq.read + take], logits_last=(take == left))
+            seq.read += take
+            room -= take
+            fed.append(seq)
+        return fed
+
+    def _feed(self, seq: _Seq, tokens: list[int], *, logits_last: bool) -> None:
+        held = self.slot_tokens[seq.slot]
+        for i, token in enumerate(tokens):
+            self.backend.add(token, len(held), seq.slot, logits_last and i == len(tokens) - 1)
+            held.append(token)
+        self._n_batched += len(tokens)
+        if logits_last:
+            seq.logits_at = self._n_batched - 1
+
+    def _postprocess(self, fed: list[_Seq]) -> None:
+        b = self.backend
+        now = time.perf_counter()
+        for seq in fed:
+            if seq.logits_at < 0:
+                continue  # a prompt chunk that is not the last: nothing to sample yet
+            if seq.t_read is None:
+                seq.t_read = now
+            token = b.sample(seq.sampler, seq.logits_at)
+            if b.is_eog(token):
+                self._finish(seq, reason="stop")
+                continue
+            seq.n_gen += 1
+            if seq.t_first is None:
+                seq.t_first = time.perf_counter()
+            piece = seq.decoder.decode(b.piece(token))
+            if piece:
+                text, hit = seq.stops.feed(piece)
+                if text:
+                    seq.handle._emit(Text(text))
+                if hit:
+                    self._finish(seq, reason="stop", flush=False)
+                    continue
+            if seq.n_gen >= seq.budget:
+                self._finish(seq, reason="length")
+            else:
+                seq.pending = token
+
+    def _finish(self, seq: _Seq, reason: str = "stop", *, flush: bool = True, failed: InferError | None = None) -> None:
+        b = self.backend
+        self.active.pop(seq.slot, None)
+        b.free_sampler(seq.sampler)
+        if failed is not None:  # the slot's KV is in an unknown state: start it afresh
+            b.forget(seq.slot, 0)
+            self.slot_tokens[seq.slot].clear()
+            seq.handle._emit(Failed(failed))
+            return
+        if flush and reason != "cancelled":
+            tail = seq.stops.flush() + seq.decoder.decode(b"", final=True)
+            if tail:
+                seq.handle._emit(Text(tail))
+        seq.handle._emit(self._done(seq, reason, seq.handle.request, time.perf_counter()))
+
+    def _done(self, seq: _Seq | None, reason: str, request: Request, t_end: float) -> Done:
+        if seq is None:  # cancelled while waiting
+            return Done(finish_reason=reason, usage=Usage(len(request.tokens), 0, 0),
+                        timings=Timings(load_s=self.load_s, ttft_s=0.0, prompt_s=0.0, gen_s=0.0, prompt_tps=0.0,
+                                        gen_tps=0.0))
+        t_read = seq.t_read or t_end
+        first = seq.t_first or t_end
+        prompt_s = t_read - seq.t_admit
+        gen_s = t_end - first
+        evaluated = len(seq.prompt) - seq.cached
+        return Done(
+            finish_reason=reason,
+            usage=Usage(prompt_tokens=len(seq.prompt), completion_tokens=seq.n_gen, cached_tokens=seq.cached),
+            timings=Timings(load_s=self.load_s, ttft_s=first - seq.t_submit, prompt_s=prompt_s, gen_s=gen_s,
+                            prompt_tps=evaluated / prompt_s if prompt_s > 0 else 0.0,
+                            gen_tps=(seq.n_gen - 1) / gen_s if seq.n_gen > 1 and gen_s > 0 else 0.0,
+                            queue_s=seq.t_admit - seq.t_submit),
+        )
+
+    def _fail_all(self, error: InferError) -> None:
+        with self._cond:
+            waiting, self.waiting = list(self.waiting), deque()
+        for h, _ in waiting:
+            h._emit(Failed(error))
+        for seq in list(self.active.values()):
+            self._finish(seq, failed=error)
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
