@@ -296,3 +296,13 @@ def test_cancel_all_ends_queued_and_running_requests():
     events = drain(q)
     assert {k: collect(v)[1].finish_reason for k, v in events.items()} == {"run": "cancelled", "wait": "cancelled"}
     assert not s._live
+
+
+def test_ignore_eos_generates_the_full_budget():
+    b = FakeBackend(n_seq=1, eog_after=1)
+    s = Scheduler(b, threaded=False)
+    q = queue.SimpleQueue()
+    s.submit(req("a", [1], max_tokens=5, ignore_eos=True), sink=q)
+    run_all(s)
+    done = collect(drain(q)["a"])[1]
+    assert done.finish_reason == "length" and done.usage.completion_tokens == 5

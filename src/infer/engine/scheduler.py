@@ -330,7 +330,7 @@ class Scheduler:
             if seq.t_read is None:
                 seq.t_read = now
             token = b.sample(seq.sampler, seq.logits_at)
-            if b.is_eog(token):
+            if b.is_eog(token) and not seq.handle.request.sampling.ignore_eos:
                 self._finish(seq, reason="stop")
                 continue
             seq.n_gen += 1
