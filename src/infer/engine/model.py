@@ -319,6 +319,9 @@ class Model:
         self._model.close()
 
 
+_GREEDY = object()  # the sampler of a plain greedy request: an argmax, no llama.cpp sampler chain
+
+
 class LlamaBackend:
     """One llama context with `n_seq` sequences (non-unified KV: each sequence has its own `n_ctx_seq` cells,
     so one never evicts another's), one batch the scheduler fills, and llama.cpp's samplers."""
@@ -361,6 +364,10 @@ class LlamaBackend:
         self._single = False  # the pending batch is one token of sequence 0: decode it through llama_batch_get_one
         self._buf = ctypes.create_string_buffer(256)
         self.vocab = model.vocab
+        self._n_vocab = lib.llama_vocab_n_tokens(self.vocab)
+        import numpy  # llama_cpp depends on it and has imported it already
+
+        self._np = numpy
 
     def add(self, token: int, pos: int, seq: int, logits: bool) -> None:
         i = self._n
@@ -387,16 +394,23 @@ class LlamaBackend:
             raise InferError(f"llama_decode failed ({reason}, code {rc})", hint="try a smaller --ctx-size or --parallel")
 
     def sample(self, sampler, index: int) -> int:
+        if sampler is _GREEDY:  # argmax over the row: what llama.cpp's greedy sampler picks (the first maximum),
+            # without building its 100k-entry candidate array per token (the cost that caps batched decoding)
+            row = self._lib.llama_get_logits_ith(self.ctx, index)
+            return int(self._np.ctypeslib.as_array(row, shape=(self._n_vocab,)).argmax())
         return self._lib.llama_sampler_sample(sampler, self.ctx, index)
 
     def forget(self, seq: int, start: int) -> None:
         self._lib.llama_memory_seq_rm(self._mem, seq, start, -1)
 
     def new_sampler(self, sampling: Sampling):
+        if sampling.temperature <= 0 and not sampling.grammar and sampling.repeat_penalty == 1.0:
+            return _GREEDY
         return self.model.new_sampler(sampling)
 
     def free_sampler(self, sampler) -> None:
-        self._lib.llama_sampler_free(sampler)
+        if sampler is not _GREEDY:
+            self._lib.llama_sampler_free(sampler)
 
     def is_eog(self, token: int) -> bool:
         return self._lib.llama_vocab_is_eog(self.vocab, token)
