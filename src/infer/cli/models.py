@@ -31,14 +31,13 @@ def pull(
     model: ModelArg,
     quant: o.Quant = None,
     force: Annotated[bool, typer.Option("--force", "-f", help="Download and verify again even if present; pull even a model too big to run here.")] = False,
-    mmproj: Annotated[bool, typer.Option("--mmproj", help="Also pull the vision projector (mmproj), if the repo has one.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress output.")] = False,
 ) -> None:
     """Download a model once: resumable, sha256-verified, into the shared Hugging Face cache."""
     from infer import pull as core
     from infer.cli.progress import CliReporter
 
-    result = core.pull(model, quant=quant, force=force, mmproj=mmproj, reporter=CliReporter(quiet=quiet))
+    result = core.pull(model, quant=quant, force=force, reporter=CliReporter(quiet=quiet))
     p = result.pulled
     if result.already:
         msg = f"{p.name} is already pulled ({human_bytes(p.size)}); nothing to do (--force to fetch again)"
