@@ -151,13 +151,14 @@ def _split_point(text: str) -> int:
 
 
 def read_bounded(material: Material, count: Callable[[str], int], limit: int,
-                 notice: Callable[[str], None] = lambda m: None) -> tuple[str, int]:
-    """Read the material chunk by chunk, counting its tokens as it comes, and stop as soon as it is
-    more than `limit` tokens: the text, and its token count, never more than one chunk past the limit.
+                 notice: Callable[[str], None] = lambda m: None) -> str:
+    """Read the material chunk by chunk, counting its tokens as it comes, and stop (InputTooLong) as
+    soon as it is more than `limit` tokens; never more than about one chunk is read past the limit.
 
-    Chunks are cut at line (or word) ends so the tokenizer sees whole words; the sum of the pieces'
-    counts is then checked against one exact count of everything read before it is called too many,
-    so an input that fits is never refused for the way it was cut."""
+    Chunks are cut at line (or word) ends so the tokenizer sees whole words. The sum of the pieces'
+    counts is close to the count of the whole, but not equal (a piece may gain a prefix token, or
+    miss a merge across the cut): it only decides when to look; the verdict is always one exact
+    count of everything read, so an input that fits is never refused, nor one that does not let by."""
     handler = _Undecodable()
     decoder = codecs.getincrementaldecoder("utf-8")(handler.name)
     parts: list[str] = []
@@ -166,7 +167,7 @@ def read_bounded(material: Material, count: Callable[[str], int], limit: int,
     for data in material.chunks():
         text = pending + decoder.decode(data)
         cut = _split_point(text)
-        if not cut and len(text) > material.chunk:  # one endless line: cut it anyway, to stay bounded
+        if not cut and len(text) > 4 * material.chunk:  # one endless line: cut it anyway, to stay bounded
             cut = len(text)
         pending = text[cut:]
         if cut:
@@ -176,11 +177,12 @@ def read_bounded(material: Material, count: Callable[[str], int], limit: int,
             counted = count("".join(parts))  # the exact count, once the estimate says too many
             if counted > limit:
                 raise InputTooLong(counted, limit)
-    tail = pending + decoder.decode(b"", final=True)
-    text = "".join(parts) + tail
+    text = "".join(parts) + pending + decoder.decode(b"", final=True)
+    if (exact := count(text)) > limit:
+        raise InputTooLong(exact, limit)
     if handler.count:
         notice(f"stdin is not valid UTF-8: {handler.count} undecodable byte sequence(s) replaced")
-    return text, counted + (count(tail) if tail else 0)
+    return text
 
 
 class InputTooLong(Exception):
@@ -221,7 +223,7 @@ def check_fits(model: Model, options: LoadOptions, n_prompt: int, max_tokens: in
     ctx = context_limit(model, options)
     if n_prompt + (max_tokens or 1) > ctx:
         raise ContextOverflow(f"the prompt is {n_prompt} tokens and {max_tokens or 1} more were asked for, "
-                              f"but the context holds at most {ctx}", hint=overflow_hint(model, options, n_prompt, max_tokens))
+                              f"but the context holds {ctx}", hint=overflow_hint(model, options, n_prompt, max_tokens))
 
 
 def run(resolved: resolve.Resolved, options: LoadOptions, sampling: Sampling, prompt: str, *, system: str | None = None,
@@ -261,7 +263,7 @@ def _read_material(model: Model, options: LoadOptions, sampling: Sampling, mater
     ctx = context_limit(model, options)
     limit = max(0, ctx - room - beside)
     try:
-        text, _ = read_bounded(material, count, limit, notice)
+        text = read_bounded(material, count, limit, notice)
     except InputTooLong as e:
         less = " and ".join(f"{n} for {w}" for n, w in ((room, "the answer"), (beside, "the instruction")) if n)
         raise ContextOverflow(f"the input is at least {e.at_least} tokens against a limit of {e.limit} "
