@@ -5,12 +5,12 @@ The CLI's `run` is a thin adapter over this module (and `chat` reuses its pieces
 from __future__ import annotations
 
 import codecs
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import BinaryIO, Callable, Iterator
 
 from infer import resolve
 from infer.engine import Done, LoadOptions, Model, Sampling, Text, json_grammar
-from infer.errors import BadModel, ContextOverflow, NoSpace
+from infer.errors import BadModel, ContextOverflow, NoSpace, UsageError
 
 __all__ = ["prepare", "grammar_for", "run", "Text", "Done", "Material", "join_prompt", "read_bounded"]
 
@@ -116,7 +116,7 @@ class Material:
         self.stream = stream
         self.chunk = chunk
         self.head = stream.read(chunk) if stream is not None else b""
-        self.eof = len(self.head) < chunk  # a pipe may return less before its end: then we just read on
+        self.eof = len(self.head) < chunk  # a buffered read returns less only at the end
 
     @property
     def empty(self) -> bool:
@@ -126,8 +126,11 @@ class Material:
     def chunks(self) -> Iterator[bytes]:
         if self.head:
             yield self.head
-        while self.stream is not None and (data := self.stream.read(self.chunk)):
-            yield data
+        try:
+            while self.stream is not None and (data := self.stream.read(self.chunk)):
+                yield data
+        except OSError as e:  # never answer a prompt that silently lost its end
+            raise UsageError(f"cannot read stdin: {e.strerror or e}") from e
 
 
 class _Undecodable:
@@ -231,8 +234,6 @@ def run(resolved: resolve.Resolved, options: LoadOptions, sampling: Sampling, pr
         on_load: Callable[[Model], None] = lambda m: None) -> Iterator[Text | Done]:
     """Load the model, then read the piped material (bounded by what the context can hold), then stream
     the answer to the material joined with the instruction `prompt`."""
-    from infer.errors import UsageError
-
     model = load(resolved, options, notice)
     on_load(model)
     try:
