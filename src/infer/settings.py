@@ -42,11 +42,15 @@ INFER_RETRY_BACKOFF = EnvVar("INFER_RETRY_BACKOFF", "First wait in seconds betwe
                              ("pull",))
 INFER_TEST_FREE_BYTES = EnvVar("INFER_TEST_FREE_BYTES", "Testing only: pretend the store's disk has this many bytes free.",
                                ("pull",))
+INFER_HOST = EnvVar("INFER_HOST", "URL of a running `infer serve` for clients (default http://127.0.0.1:11435).",
+                    ("ps",))
+INFER_API_KEY = EnvVar("INFER_API_KEY", "API key that `infer serve` requires (Authorization: Bearer KEY); "
+                       "clients of a server send it.", ("serve", "ps"))
 
 REGISTRY: tuple[EnvVar, ...] = (
     INFER_MODEL, INFER_MODELS, INFER_HOME, INFER_OFFLINE, INFER_DEBUG,
     HF_TOKEN, HF_ENDPOINT, HF_HUB_CACHE, HF_HOME, HF_HUB_OFFLINE, NO_COLOR,
-    INFER_STALL_TIMEOUT, INFER_RETRY_BACKOFF, INFER_TEST_FREE_BYTES,
+    INFER_STALL_TIMEOUT, INFER_RETRY_BACKOFF, INFER_TEST_FREE_BYTES, INFER_API_KEY, INFER_HOST,
 )
 
 

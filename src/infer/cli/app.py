@@ -68,7 +68,7 @@ def completion(shell: Annotated[str, typer.Argument(help="bash, zsh or fish.", s
 
 
 def _register() -> None:
-    from infer.cli import bench, cache, chat, doctor, models, run
+    from infer.cli import bench, cache, chat, doctor, models, run, serve
 
     commands = [
         ("run", run.run, run.EPILOG),
@@ -83,6 +83,8 @@ def _register() -> None:
         ("bench", bench.bench, bench.EPILOG),
         ("doctor", doctor.doctor, doctor.EPILOG),
         ("cache", cache.cache, cache.EPILOG),
+        ("serve", serve.serve, serve.SERVE_EPILOG),
+        ("ps", serve.ps, serve.PS_EPILOG),
         ("completion", completion, examples("infer completion bash > ~/.local/share/bash-completion/completions/infer")),
     ]
     for name, fn, epilog in commands:

@@ -1,0 +1,85 @@
+"""From the scheduler's thread to the event loop: each request's events arrive through an asyncio.Queue
+fed with loop.call_soon_threadsafe, so the loop never waits on llama.cpp; leaving early cancels."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from typing import AsyncIterator
+
+from infer.engine import Done, Failed, Sampling, Text
+from infer.engine.scheduler import Request
+
+
+class QueueFull(Exception):
+    """The bounded queue is full: the server answers 503 with Retry-After."""
+
+
+class _Sink:
+    def __init__(self, loop: asyncio.AbstractEventLoop, q: asyncio.Queue, metrics=None):
+        self.loop, self.q, self.metrics = loop, q, metrics
+
+    def put(self, item) -> None:  # called from the scheduler's thread
+        event = item[1]
+        if self.metrics is not None and isinstance(event, (Done, Failed)):  # counted here: a client that left
+            self.metrics.finished.labels(event.finish_reason if isinstance(event, Done) else "failed").inc()
+        try:
+            self.loop.call_soon_threadsafe(self.q.put_nowait, item)
+        except RuntimeError:  # the loop is closed: nobody is listening any more
+            pass
+
+
+@dataclass
+class Job:
+    tokens: list[int]
+    sampling: Sampling
+
+
+class Stream:
+    """One API request: `n` engine requests (choices) submitted together; iterate (index, event)."""
+
+    def __init__(self, sched, jobs: list[Job], *, max_queue: int, request_id: str = "", metrics=None, model=""):
+        self.sched = sched
+        self.metrics = metrics
+        self.model = model
+        stats = sched.stats()
+        if stats["free"] < len(jobs) and stats["waiting"] + len(jobs) > max_queue:
+            raise QueueFull(f"{stats['waiting']} requests are already waiting (--max-queue {max_queue})")
+        self.q: asyncio.Queue = asyncio.Queue()
+        sink = _Sink(asyncio.get_running_loop(), self.q, metrics)
+        self.handles = []
+        try:
+            for i, job in enumerate(jobs):
+                self.handles.append(sched.submit(Request(job.tokens, job.sampling, f"{request_id}-{i}"), sink=sink))
+        except BaseException:
+            self.cancel()
+            raise
+        self.index = {h: i for i, h in enumerate(self.handles)}
+        self.t0 = time.perf_counter()
+
+    def cancel(self) -> None:
+        for h in self.handles:
+            if not h.finished.is_set():
+                h.cancel()
+
+    async def events(self) -> AsyncIterator[tuple[int, Text | Done | Failed]]:
+        """Events of every choice until each has its Done or Failed; cancels the rest if left early."""
+        left = len(self.handles)
+        last = [None] * len(self.handles)
+        try:
+            while left:
+                handle, event = await self.q.get()
+                i = self.index[handle]
+                if isinstance(event, Text) and self.metrics is not None:
+                    now = time.perf_counter()
+                    if last[i] is None:
+                        self.metrics.ttft.labels(self.model).observe(now - self.t0)
+                    else:
+                        self.metrics.itl.labels(self.model).observe(now - last[i])
+                    last[i] = now
+                if isinstance(event, (Done, Failed)):
+                    left -= 1
+                yield i, event
+        finally:
+            self.cancel()

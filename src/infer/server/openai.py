@@ -1,0 +1,217 @@
+"""The OpenAI dialect: request bodies (pydantic) -> engine jobs, engine events -> response JSON and SSE chunks.
+Pure translation: no I/O, no engine calls beyond building Sampling values."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from dataclasses import replace
+from typing import Any, Literal, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from infer.engine import Done, Sampling
+
+MAX_TOKENS_LIMIT = 1 << 20  # beyond any context: an absurd value is malformed, not a long answer
+MAX_N = 128
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class TextPart(_Body):
+    type: Literal["text"]
+    text: str
+
+
+class Message(_Body):
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: Union[str, list[TextPart], None] = None
+    name: Optional[str] = None
+    tool_call_id: Optional[str] = None
+
+    def text(self) -> str:
+        if isinstance(self.content, list):
+            return "".join(p.text for p in self.content)
+        return self.content or ""
+
+
+class StreamOptions(_Body):
+    include_usage: bool = False
+
+
+class JsonSchema(_Body):
+    name: Optional[str] = None
+    schema_: Optional[dict] = Field(default=None, alias="schema")
+    strict: Optional[bool] = None
+
+
+class ResponseFormat(_Body):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: Optional[JsonSchema] = None
+
+
+class _Sampled(_Body):
+    model: Optional[str] = None
+    max_tokens: Optional[int] = Field(default=None, ge=1, le=MAX_TOKENS_LIMIT)
+    temperature: Optional[float] = Field(default=None, ge=0, le=2)
+    top_p: Optional[float] = Field(default=None, ge=0, le=1)
+    top_k: Optional[int] = Field(default=None, ge=0)  # an extension, as llama-server and vLLM accept
+    min_p: Optional[float] = Field(default=None, ge=0, le=1)
+    repeat_penalty: Optional[float] = Field(default=None, gt=0)
+    presence_penalty: Optional[float] = Field(default=None, ge=-2, le=2)  # accepted, not used
+    frequency_penalty: Optional[float] = Field(default=None, ge=-2, le=2)  # accepted, not used
+    seed: Optional[int] = None
+    stop: Union[str, list[str], None] = None
+    n: int = Field(default=1, ge=1, le=MAX_N)
+    stream: bool = False
+    stream_options: Optional[StreamOptions] = None
+    options: Optional[dict[str, Any]] = None  # Ollama-style options (num_ctx ...), honoured on /v1 too
+    user: Optional[str] = None
+
+    def stops(self) -> tuple[str, ...]:
+        return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
+
+    def include_usage(self) -> bool:
+        return bool(self.stream_options and self.stream_options.include_usage)
+
+
+class ChatRequest(_Sampled):
+    messages: list[Message] = Field(min_length=1)
+    max_completion_tokens: Optional[int] = Field(default=None, ge=1, le=MAX_TOKENS_LIMIT)
+    logprobs: Optional[bool] = None
+    top_logprobs: Optional[int] = Field(default=None, ge=0, le=20)
+    response_format: Optional[ResponseFormat] = None
+
+    def limit(self) -> int | None:
+        return self.max_completion_tokens or self.max_tokens
+
+    def chat_messages(self) -> list[dict]:
+        out = []
+        for m in self.messages:
+            role = "system" if m.role == "developer" else m.role
+            out.append({"role": role, "content": m.text()})
+        return out
+
+
+class CompletionRequest(_Sampled):
+    prompt: Union[str, list[str]]
+    logprobs: Optional[int] = Field(default=None, ge=0, le=5)
+    echo: bool = False
+    suffix: Optional[str] = None
+
+    def limit(self) -> int | None:
+        return self.max_tokens if self.max_tokens is not None else 16  # OpenAI's default for completions
+
+    def prompt_text(self) -> str:
+        if isinstance(self.prompt, list):
+            if len(self.prompt) != 1:
+                raise ValueError("prompt: give one string (a list of several prompts is not supported; use n for choices)")
+            return self.prompt[0]
+        return self.prompt
+
+
+class EmbeddingRequest(_Body):
+    model: Optional[str] = None
+    input: Union[str, list[str]]
+    encoding_format: Literal["float"] = "float"
+
+    def texts(self) -> list[str]:
+        return [self.input] if isinstance(self.input, str) else list(self.input)
+
+
+# -- requests -> sampling ------------------------------------------------------------------------
+def sampling(body: _Sampled, base: Sampling, limit: int | None, grammar: str | None) -> Sampling:
+    given = {k: getattr(body, k) for k in ("temperature", "top_p", "top_k", "min_p", "repeat_penalty", "seed")
+             if getattr(body, k) is not None}
+    s = replace(base, **given, max_tokens=limit, stop=body.stops() or base.stop, grammar=grammar)
+    return s
+
+
+def schema_of(body: ChatRequest) -> tuple[bool, dict | None]:
+    """(json wanted, schema) from response_format."""
+    rf = body.response_format
+    if rf is None or rf.type == "text":
+        return False, None
+    if rf.type == "json_object":
+        return True, None
+    if rf.json_schema is None or rf.json_schema.schema_ is None:
+        raise ValueError("response_format.json_schema.schema is required for type json_schema")
+    return True, rf.json_schema.schema_
+
+
+def seeds(base: Sampling, n: int) -> list[Sampling]:
+    """n choices of one prompt: seeds seed, seed+1, ... so that they differ and stay reproducible."""
+    if n == 1 or base.seed is None:
+        return [base] * n
+    return [replace(base, seed=base.seed + i) for i in range(n)]
+
+
+# -- events -> responses ---------------------------------------------------------------------------
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:24]}"
+
+
+def finish(reason: str) -> str:
+    return "length" if reason == "length" else "stop"
+
+
+def usage(dones: list[Done]) -> dict:
+    prompt = dones[0].usage.prompt_tokens if dones else 0
+    completion = sum(d.usage.completion_tokens for d in dones)
+    cached = dones[0].usage.cached_tokens if dones else 0
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
+            "prompt_tokens_details": {"cached_tokens": cached}}
+
+
+def chat_response(rid: str, model: str, texts: list[str], dones: list[Done]) -> dict:
+    return {
+        "id": rid, "object": "chat.completion", "created": int(time.time()), "model": model,
+        "choices": [{"index": i, "message": {"role": "assistant", "content": t}, "logprobs": None,
+                     "finish_reason": finish(d.finish_reason)} for i, (t, d) in enumerate(zip(texts, dones))],
+        "usage": usage(dones), "system_fingerprint": None,
+    }
+
+
+def completion_response(rid: str, model: str, texts: list[str], dones: list[Done]) -> dict:
+    return {
+        "id": rid, "object": "text_completion", "created": int(time.time()), "model": model,
+        "choices": [{"index": i, "text": t, "logprobs": None, "finish_reason": finish(d.finish_reason)}
+                    for i, (t, d) in enumerate(zip(texts, dones))],
+        "usage": usage(dones), "system_fingerprint": None,
+    }
+
+
+def chat_chunk(rid: str, model: str, created: int, index: int, delta: dict, finish_reason: str | None = None) -> dict:
+    return {"id": rid, "object": "chat.completion.chunk", "created": created, "model": model, "system_fingerprint": None,
+            "choices": [{"index": index, "delta": delta, "logprobs": None, "finish_reason": finish_reason}]}
+
+
+def completion_chunk(rid: str, model: str, created: int, index: int, text: str, finish_reason: str | None = None) -> dict:
+    return {"id": rid, "object": "text_completion", "created": created, "model": model, "system_fingerprint": None,
+            "choices": [{"index": index, "text": text, "logprobs": None, "finish_reason": finish_reason}]}
+
+
+def usage_chunk(rid: str, model: str, created: int, obj: str, dones: list[Done]) -> dict:
+    return {"id": rid, "object": obj, "created": created, "model": model, "choices": [], "usage": usage(dones)}
+
+
+def embeddings_response(model: str, vectors: list[list[float]], prompt_tokens: int) -> dict:
+    return {"object": "list", "model": model,
+            "data": [{"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(vectors)],
+            "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens}}
+
+
+def models_response(names: list[tuple[str, int]]) -> dict:
+    return {"object": "list", "data": [{"id": n, "object": "model", "created": created, "owned_by": "infer"}
+                                       for n, created in names]}
+
+
+def sse(data: dict | str) -> bytes:
+    return f"data: {data if isinstance(data, str) else json.dumps(data, ensure_ascii=False)}\n\n".encode("utf-8")
+
+
+def error_body(message: str, code: str, kind: str = "invalid_request_error", param: str | None = None) -> dict:
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
