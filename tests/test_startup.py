@@ -8,7 +8,8 @@ import sys
 
 import pytest
 
-HEAVY = ("llama_cpp", "huggingface_hub", "gguf", "numpy", "jinja2")
+HEAVY = ("llama_cpp", "huggingface_hub", "gguf", "numpy", "jinja2", "fastapi", "starlette", "uvicorn", "prometheus_client",
+         "pydantic", "httpx")
 
 PROBE = """
 import json, sys
@@ -22,7 +23,7 @@ sys.stderr.write("\\n@@" + json.dumps(sorted(m for m in {heavy!r} if m in sys.mo
 
 
 @pytest.mark.parametrize("args", [["--help"], ["run", "--help"], ["pull", "--help"], ["list"], ["catalog"],
-                                  ["--version"]])
+                                  ["--version"], ["serve", "--help"], ["ps", "--help"]])
 def test_light_commands_import_no_heavy_module(args, infer):
     proc = subprocess.run([sys.executable, "-c", PROBE.format(args=args, heavy=HEAVY)], capture_output=True,
                           text=True, env=infer.env, timeout=60)
@@ -36,6 +37,17 @@ def test_a_completion_request_imports_no_heavy_module(infer):
     proc = subprocess.run([sys.executable, "-c", PROBE.format(args=[], heavy=HEAVY)], capture_output=True,
                           text=True, env=env, timeout=60)
     assert "smollm2" in proc.stdout
+    marker = [line for line in proc.stderr.splitlines() if line.startswith("@@")]
+    assert marker, proc.stderr
+    assert json.loads(marker[-1][2:]) == []
+
+
+@pytest.mark.model
+def test_run_imports_no_server_module(pulled, smollm2):
+    server_stack = ("fastapi", "starlette", "uvicorn", "prometheus_client", "infer.server")
+    args = ["run", "-m", str(smollm2.path), "-n", "1", "--temperature", "0", "hi"]
+    proc = subprocess.run([sys.executable, "-c", PROBE.format(args=args, heavy=server_stack)], capture_output=True,
+                          text=True, env=pulled.env, timeout=120)
     marker = [line for line in proc.stderr.splitlines() if line.startswith("@@")]
     assert marker, proc.stderr
     assert json.loads(marker[-1][2:]) == []

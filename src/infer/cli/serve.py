@@ -85,6 +85,13 @@ def serve(
     if not is_loopback(host) and not api_key and not insecure:
         raise UsageError(f"refusing to serve on {host} without an API key: anyone who can reach it could use it",
                          hint="set --api-key (or INFER_API_KEY), bind 127.0.0.1, or pass --insecure")
+    try:
+        import fastapi  # noqa: F401
+        import prometheus_client  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError as e:
+        raise UsageError(f"`infer serve` needs {e.name}, which is not installed",
+                         hint="pip install 'infer[serve]'") from None
     from infer import resolve
     from infer.server.models import parse_duration
 

@@ -13,6 +13,7 @@ import json
 import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 from fastapi import FastAPI, Request
@@ -494,7 +495,7 @@ def create_app(manager: Manager, config: Config) -> FastAPI:
         body = await parse(request, ollama.ShowRequest)
         try:
             key, resolved = manager.resolve(body.which())
-            path = resolved.path if resolved else manager.loaded[key].path
+            path = resolved.path if resolved else Path(manager.loaded[key].path)
             from infer.gguf_meta import human_params, read_info
 
             info = await asyncio.to_thread(read_info, path)
