@@ -234,6 +234,41 @@ def test_disconnect_frees_its_sequence(server):
     assert ps["sequences"]["busy"] == 0 and ps["sequences"]["free"] == PARALLEL
 
 
+def test_disconnect_while_reading_the_prompt_frees_its_sequence(server):
+    def cancelled() -> float:
+        return metric(httpx.get(server.url + "/metrics").text, "infer_finished_requests_total", reason="cancelled")
+
+    before = cancelled()
+    body = {"model": "smollm2", "prompt": "word " * 250, "max_tokens": 8, "stream": True}
+    with httpx.stream("POST", server.url + "/v1/completions", json=body, timeout=120) as r:
+        assert r.status_code == 200  # headers come at once; the first text only after the prompt is read
+    server.wait_for(lambda: cancelled() == before + 1, timeout=60)
+    server.wait_for(lambda: metric(httpx.get(server.url + "/metrics").text, "infer_busy_sequences", model="smollm2") == 0)
+
+
+def test_a_slow_reader_holds_up_nobody(server):
+    with httpx.stream("POST", server.url + "/v1/chat/completions", json=chat_body(stream=True, max_tokens=40),
+                      timeout=120) as slow:
+        next(slow.iter_lines())  # then reads nothing more
+        r = httpx.post(server.url + "/v1/chat/completions", json=chat_body(), timeout=120)
+        assert r.status_code == 200 and r.json()["choices"][0]["finish_reason"] in ("stop", "length")
+
+
+def test_a_hundred_connections_at_once(server):
+    statuses: list[int] = []
+
+    def one(i: int) -> None:
+        path = "/v1/models" if i % 2 else "/api/version"
+        statuses.append(httpx.get(server.url + path, timeout=120).status_code)
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(100)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert statuses == [200] * 100
+
+
 def test_queue_full_is_503_and_a_queued_client_can_leave(small):
     auth = {"Authorization": "Bearer sekret"}
     body = chat_body(stream=True, max_tokens=300, response_format=LONG)

@@ -69,6 +69,7 @@ class _Sampled(_Body):
     stream: bool = False
     stream_options: Optional[StreamOptions] = None
     options: Optional[dict[str, Any]] = None  # Ollama-style options (num_ctx ...), honoured on /v1 too
+    ignore_eos: bool = False  # an extension (llama-server, vLLM): fixed answer lengths for benchmarks
     user: Optional[str] = None
 
     def stops(self) -> tuple[str, ...]:
@@ -126,8 +127,8 @@ class EmbeddingRequest(_Body):
 def sampling(body: _Sampled, base: Sampling, limit: int | None, grammar: str | None) -> Sampling:
     given = {k: getattr(body, k) for k in ("temperature", "top_p", "top_k", "min_p", "repeat_penalty", "seed")
              if getattr(body, k) is not None}
-    s = replace(base, **given, max_tokens=limit, stop=body.stops() or base.stop, grammar=grammar)
-    return s
+    return replace(base, **given, max_tokens=limit, stop=body.stops() or base.stop, grammar=grammar,
+                   ignore_eos=body.ignore_eos)
 
 
 def schema_of(body: ChatRequest) -> tuple[bool, dict | None]:
