@@ -55,8 +55,7 @@ def free_port() -> int:
 def one_request(port: int, prompt: str, n: int) -> dict:
     """One streaming completion; client-side TTFT and gaps between content events."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
-    body = json.dumps({"prompt": prompt, "max_tokens": n, "ignore_eos": True, "temperature": 0, "stream": True,
-                       "model": "m"})
+    body = json.dumps({"prompt": prompt, "max_tokens": n, "ignore_eos": True, "temperature": 0, "stream": True})
     t0 = time.perf_counter()
     conn.request("POST", "/v1/completions", body, {"Content-Type": "application/json"})
     resp = conn.getresponse()

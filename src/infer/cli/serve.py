@@ -107,7 +107,10 @@ def serve(
         resolve.resolve(name, pull=None)
     load = o.build_load(None, threads, gpu_layers, verbose, kv_type=kv_type, flash_attn=flash_attn, mlock=mlock,
                         no_mmap=no_mmap)
+    from infer import engine
     from infer.server.run import serve_forever
+
+    engine.supports_gpu_offload()  # llama.cpp initialises its backends in the main thread, as for `run`
 
     code = serve_forever(names=names, host=host, port=port, parallel=parallel, ctx_size=ctx_size, load=load,
                          api_key=api_key, max_queue=max_queue, keep_alive=keep, cors=list(cors_origin or []),
