@@ -136,12 +136,14 @@ def start_infer(model: Path, k: int, ctx: int, threads: int, ngl: int) -> tuple[
     proc = subprocess.Popen([infer_bin(), "serve", "-m", str(model), "--port", "0", "--parallel", str(k), "-c", str(ctx),
                              "-t", str(threads), "-ngl", str(ngl if ngl else 0), "--max-queue", "4096"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    seen = []
     for line in proc.stderr:
+        seen.append(line)
         found = re.search(r"listening on http://[^:]+:(\d+)", line)
         if found:
             threading.Thread(target=lambda: [None for _ in proc.stderr], daemon=True).start()  # drain the access log
             return proc, int(found.group(1))
-    raise RuntimeError(f"infer serve exited with {proc.wait()}")
+    raise RuntimeError(f"infer serve exited with {proc.wait()}: {''.join(seen[-5:])}")
 
 
 def stop(proc: subprocess.Popen) -> None:
