@@ -416,7 +416,8 @@ def create_app(manager: Manager, config: Config) -> FastAPI:
         if empty:  # Ollama's way to load (or, with keep_alive 0, unload) a model
             reason = "load"
             if body.keep_alive is not None and parse_duration(body.keep_alive) == 0:
-                await manager.unload(loaded.name)
+                if loaded.idle():  # else the reaper unloads it once its requests are done (keep_alive is 0 now)
+                    await manager.unload(loaded.name)
                 reason = "unload"
             return JSONResponse(ollama.load_line(body.model, chat, reason))
         json_mode, schema = ollama.format_of(body.format)
