@@ -84,4 +84,14 @@ throughput() {
   cp benchmarks/results/throughput.json "$RESULTS/" 2>/dev/null || true
 }
 
+speculative() {  # the cost of verifying k draft tokens in one decode, 1B and 8B shapes
+  [ -f "$OUT_DIR/models/llama-8b-Q4_K_M.gguf" ] || {
+    python3 benchmarks/synth_gguf.py "$IN/ggml-vocab-llama-bpe.gguf" "$OUT_DIR/models/llama-8b-F16.gguf" 8b
+    "$OUT_DIR/build/bin/llama-quantize" "$OUT_DIR/models/llama-8b-F16.gguf" "$OUT_DIR/models/llama-8b-Q4_K_M.gguf" Q4_K_M 16 > /dev/null 2>&1
+    rm -f "$OUT_DIR/models/llama-8b-F16.gguf"; }
+  for m in "$MODEL" "$OUT_DIR/models/llama-8b-Q4_K_M.gguf"; do
+    python3 benchmarks/speculative.py verify -m "$m" --ngl 99 -r 3 2>&1 | tee -a "$RESULTS/verify.txt"
+  done
+}
+
 for phase in "${@:-measure}"; do "$phase"; done
