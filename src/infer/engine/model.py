@@ -219,7 +219,7 @@ class Model:
         params.n_ctx = n_ctx
         params.n_batch = min(n_ctx, opts.n_batch)
         params.n_ubatch = min(params.n_batch, opts.n_ubatch)
-        threads = opts.n_threads or hardware.physical_cores()
+        threads = opts.n_threads or hardware.default_threads()
         params.n_threads = threads
         params.n_threads_batch = threads
         params.flash_attn_type = {"auto": lib.LLAMA_FLASH_ATTN_TYPE_AUTO, "on": lib.LLAMA_FLASH_ATTN_TYPE_ENABLED,
