@@ -39,3 +39,53 @@ def test_a_completion_request_imports_no_heavy_module(infer):
     marker = [line for line in proc.stderr.splitlines() if line.startswith("@@")]
     assert marker, proc.stderr
     assert json.loads(marker[-1][2:]) == []
+
+
+ENTRY_PROBE = """
+import json, sys
+sys.argv = ["infer", *{args!r}]
+from infer.cli import entry
+try:
+    entry()
+except SystemExit:
+    pass
+sys.stderr.write("\\n@@" + json.dumps(sorted(m for m in ("typer", "click", "rich", *{heavy!r}) if m in sys.modules)) + "\\n")
+"""
+
+
+@pytest.mark.parametrize("args", [["--help"], ["-h"], ["--version"], ["-V"]])
+def test_version_and_root_help_import_not_even_typer(args, infer):
+    env = {**infer.env, "COLUMNS": "100"}
+    proc = subprocess.run([sys.executable, "-c", ENTRY_PROBE.format(args=args, heavy=HEAVY)], capture_output=True,
+                          text=True, env=env, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip()
+    marker = [line for line in proc.stderr.splitlines() if line.startswith("@@")]
+    assert marker, proc.stderr
+    assert json.loads(marker[-1][2:]) == []
+
+
+TYPER_HELP = "from infer.cli.app import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+
+
+@pytest.mark.parametrize("columns", ["80", "100", "200", "60"])
+def test_root_help_is_what_typer_prints_at_any_width(columns, infer):
+    env = {**infer.env, "COLUMNS": columns}
+    ours = infer("--help", env=env)
+    typers = subprocess.run([sys.executable, "-c", TYPER_HELP], capture_output=True, text=True, env=env, timeout=60)
+    assert ours.returncode == 0 and ours.stderr == ""
+    assert ours.stdout == typers.stdout
+    assert ours.stdout.startswith("Usage: infer [OPTIONS] COMMAND [ARGS]...")
+    assert infer("-h", env=env).stdout == ours.stdout
+
+
+def test_version_names_both_installed_versions(infer):
+    from importlib import metadata
+
+    from infer import __version__
+
+    proc = infer("--version")
+    assert proc.returncode == 0 and proc.stderr == ""
+    assert proc.stdout == f"infer {__version__} (llama-cpp-python {metadata.version('llama_cpp_python')})\n"
+    assert infer("-V").stdout == proc.stdout
+    assert infer("--no-color", "--version").stdout == proc.stdout  # the Typer path says the same

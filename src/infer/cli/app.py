@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from infer import __version__, settings
+from infer import settings
 from infer.errors import EXIT_CODE_DOCS, ExitCode, InferError
 
 EPILOG = "Exit codes: " + "; ".join(f"{int(c)} {d.split(':')[0].split(' (')[0]}" for c, d in EXIT_CODE_DOCS.items())
@@ -27,9 +27,9 @@ app = typer.Typer(
 
 def _version(value: bool) -> None:
     if value:
-        from infer.versions import llama_cpp_version
+        from infer.versions import version_line  # also answered without Typer: cli/fast.py
 
-        typer.echo(f"infer {__version__} (llama-cpp-python {llama_cpp_version()})")
+        typer.echo(version_line())
         raise typer.Exit()
 
 
