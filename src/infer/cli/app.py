@@ -121,6 +121,29 @@ def _click_exceptions():
 COMPLETE_VAR = "_INFER_COMPLETE"
 
 
+def exit_now() -> None:
+    """A command that succeeded ends here, skipping the interpreter's teardown (freeing every module:
+    numpy, llama_cpp, Typer...), which costs a one-shot `infer run` 15-40 ms. Exit handlers still run;
+    with other threads alive, the normal exit waits for them instead."""
+    import threading
+
+    if threading.active_count() > 1:
+        return
+    import atexit
+
+    atexit._run_exitfuncs()
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except BrokenPipeError:
+        quiet_broken_pipe()
+    if "ctypes" in sys.modules:  # native code may have written through C's stdio buffers
+        import ctypes
+
+        ctypes.CDLL(None).fflush(None)
+    os._exit(0)
+
+
 def main(argv: list[str] | None = None) -> None:
     click = _click_exceptions()
     if COMPLETE_VAR in os.environ:  # a shell asks for completions: answer fast, nothing else
@@ -134,6 +157,7 @@ def main(argv: list[str] | None = None) -> None:
             _fail("interrupted", int(ExitCode.INTERRUPTED))
         if isinstance(code, int) and code:
             raise SystemExit(code)
+        exit_now()
     except InferError as e:
         if settings.debug():
             import traceback
