@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+from conftest import infer_bin
 
 HEAVY = ("llama_cpp", "huggingface_hub", "gguf", "numpy", "jinja2")
 
@@ -89,3 +90,14 @@ def test_version_names_both_installed_versions(infer):
     assert proc.stdout == f"infer {__version__} (llama-cpp-python {metadata.version('llama_cpp_python')})\n"
     assert infer("-V").stdout == proc.stdout
     assert infer("--no-color", "--version").stdout == proc.stdout  # the Typer path says the same
+
+
+def test_a_command_that_ends_early_still_writes_all_its_output_to_a_file(infer, tmp_path):
+    # a successful command skips the interpreter's teardown (cli/app.py exit_now): buffers are flushed first
+    out = tmp_path / "catalog.json"
+    with out.open("w") as f:
+        proc = subprocess.run([infer_bin(), "catalog", "--json"], stdout=f, stderr=subprocess.PIPE, text=True,
+                              env=infer.env, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(out.read_text())
+    assert data and out.read_text().endswith("\n")

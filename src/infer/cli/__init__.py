@@ -10,8 +10,9 @@ def entry() -> None:
 
         if answer(sys.argv[1:]):  # --version and the root --help, without importing Typer
             return
-        from infer.cli.app import main
+        from infer.cli.app import exit_now, main
     except KeyboardInterrupt:
         sys.stderr.write("infer: interrupted\n")
         raise SystemExit(130) from None
     main()
+    exit_now()
