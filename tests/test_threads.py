@@ -5,6 +5,7 @@ Nothing here depends on speed: decoding rates on a busy machine are benchmarks/b
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -119,3 +120,10 @@ def test_a_bad_infer_threads_fails_with_one_line_and_exit_2(infer, smollm2):
     assert proc.returncode == 2
     assert proc.stdout == ""
     assert proc.stderr.count("\n") == 1 and "INFER_THREADS" in proc.stderr
+
+
+@pytest.mark.model
+def test_bench_reports_the_threads_it_used(infer, smollm2):
+    proc = infer("bench", "-m", smollm2.path, "-p", "16", "-n", "4", "-r", "1", "--json", env={"INFER_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["threads"] == 1

@@ -148,6 +148,11 @@ def default_threads() -> int:
     return thread_choice().threads
 
 
+def last_thread_choice() -> ThreadChoice | None:
+    """The default this process decided last (what the engine used when -t was not given)."""
+    return _since["choice"]
+
+
 def threads_note(given: int | None) -> str:
     """What the engine used, for --verbose: "2 (-t)", "1 (INFER_THREADS)", "1 (2 physical cores, 1 busy ...)"."""
     choice = _since["choice"]
