@@ -9,7 +9,10 @@ PY=${PYTHON:-.venv/bin/python}
 $PY benchmarks/native.py build
 $PY benchmarks/native.py -r 5
 $PY benchmarks/oneshot.py -r 7 ${LLM:+--llm "$LLM"}
+$PY benchmarks/oneshot.py --phases -r 7
 $PY benchmarks/startup.py -r 15
+$PY benchmarks/busy.py -r 3
+$PY benchmarks/busy.py -r 3 --late
 $PY benchmarks/pull.py --mb 512 -r 3
 $PY benchmarks/chat_ttft.py --turns 12
 $PY benchmarks/fit.py -c 512 -c 2048 -c 4096 -c 8192

@@ -69,9 +69,10 @@ def run(path: Path, name: str, options: LoadOptions, pp_sizes: list[int], tg: in
             model._fresh(n_ctx)
             done = [e for e in model.generate(prompt, Sampling(temperature=0, max_tokens=1)) if isinstance(e, Done)][0]
             ttfts.append(done.timings.ttft_s)
-        from infer.hardware import physical_cores
+        from infer.hardware import last_thread_choice
 
-        return BenchResult(model=name, threads=options.n_threads or physical_cores(), gpu_layers=options.n_gpu_layers,
+        used = options.n_threads or last_thread_choice().threads  # the default the engine chose
+        return BenchResult(model=name, threads=used, gpu_layers=options.n_gpu_layers,
                            load_s=Spread.of(loads), ttft_s=Spread.of(ttfts), pp=pp, tg=(tg, tgs))
     finally:
         model.close()

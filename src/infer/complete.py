@@ -20,11 +20,13 @@ READ_CHUNK = 64 * 1024  # bytes of piped input read (and tokenized) at a time
 
 def prepare(model: str | None, *, quant: str | None = None, reporter=None) -> resolve.Resolved:
     """Choose and resolve the model; pull it first if missing, as `ollama run` does (never when offline)."""
-    from infer import pull
+    def auto_pull(text: str, quant: str | None):
+        from infer import pull  # the network stack (ssl, http, the Hub client): only for a model not pulled yet
+
+        return pull.pull(text, quant=quant, auto=True, reporter=reporter)
 
     text, origin = resolve.choose(model)
-    return resolve.resolve(text, quant=quant, origin=origin,
-                           pull=lambda t, q: pull.pull(t, quant=q, auto=True, reporter=reporter))
+    return resolve.resolve(text, quant=quant, origin=origin, pull=auto_pull)
 
 
 def grammar_for(schema: dict | None, json_mode: bool) -> str | None:

@@ -1,10 +1,12 @@
-"""What this machine has: cores and memory. (GPU backends and fit estimates build on this.)"""
+"""What this machine has: cores and memory, how busy its CPUs are, and the thread count to use.
+(GPU backends and fit estimates build on this.)"""
 
 from __future__ import annotations
 
 import os
 import platform
 import subprocess
+import time
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -47,6 +49,116 @@ def _affinity(default: int) -> int:
         return len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
         return default
+
+
+# -- threads on a busy machine -----------------------------------------------------------------
+# llama.cpp's CPU threads meet at a barrier after every operation, hundreds of times per token.
+# With more threads than free cores, a thread waits at a barrier for one that the kernel has
+# descheduled: decoding fell from ~100 to ~1 tok/s with one busy process beside it on 2 cores.
+# So the default is the cores other programs leave free, measured across the model load (which
+# takes that long anyway), and the OpenMP threads wait at barriers without burning a core.
+
+BUSY_THRESHOLD = 0.5  # a core counts as taken when other programs used more than half of it
+MIN_WINDOW_S = 0.25  # a newer decision needs at least this much new sampling; sooner, the last one stands
+
+
+@dataclass(frozen=True)
+class CpuSample:
+    wall: float  # time.monotonic()
+    busy: float  # CPU-seconds the CPUs we may run on have spent busy (all programs)
+    own: float  # CPU-seconds this process has used (all its threads)
+    tick: float = 0.0  # the counters' resolution: one clock tick on each of those CPUs, in CPU-seconds
+
+
+@dataclass(frozen=True)
+class ThreadChoice:
+    threads: int
+    why: str  # for --verbose: "INFER_THREADS", "2 physical cores, 1 busy with other programs", ...
+
+
+def cpu_sample() -> CpuSample | None:
+    """Busy time of the CPUs this process may use, from /proc/stat (Linux); None elsewhere."""
+    wall, own = time.monotonic(), time.process_time()
+    try:
+        allowed = {f"cpu{i}" for i in os.sched_getaffinity(0)}
+        hz = os.sysconf("SC_CLK_TCK")
+        busy = 0
+        with open("/proc/stat", encoding="ascii") as f:
+            for line in f:
+                if not line.startswith("cpu"):
+                    break
+                fields = line.split()
+                if fields[0] in allowed:  # user nice system idle iowait irq softirq steal
+                    busy += sum(int(v) for i, v in enumerate(fields[1:9]) if i not in (3, 4))
+    except (AttributeError, OSError, ValueError):
+        return None
+    return CpuSample(wall=wall, busy=busy / hz, own=own, tick=len(allowed) / hz)
+
+
+def busy_cores(before: CpuSample, after: CpuSample) -> float:
+    """How many cores other programs kept busy between two samples: this process's own time and
+    what the clock-tick counters cannot resolve are left out (a short window proves little)."""
+    elapsed = after.wall - before.wall
+    if elapsed <= 0:
+        return 0.0
+    return max(0.0, (after.busy - before.busy - (after.own - before.own) - after.tick) / elapsed)
+
+
+def choose_threads(physical: int, busy: float) -> int:
+    """Physical cores minus those other programs keep busy, at least one."""
+    return max(1, physical - int(busy + (1 - BUSY_THRESHOLD)))
+
+
+_since: dict = {"sample": cpu_sample(), "choice": None}  # sampling starts when the engine imports this
+
+
+def thread_choice() -> ThreadChoice:
+    """The thread count when -t is not given: INFER_THREADS, else the physical cores that other
+    programs left free since the last decision (at first: since infer started loading)."""
+    from infer import settings
+
+    value = settings.INFER_THREADS.get()
+    if value is not None:
+        try:
+            n = int(value)
+        except ValueError:
+            n = 0
+        if n < 1:
+            from infer.errors import UsageError
+
+            raise UsageError(f"INFER_THREADS must be a whole number of threads, 1 or more, not {value!r}")
+        _since["choice"] = ThreadChoice(n, "INFER_THREADS")
+        return _since["choice"]
+    now, before, last = cpu_sample(), _since["sample"], _since["choice"]
+    if last is not None and (now is None or before is None or now.wall - before.wall < MIN_WINDOW_S):
+        return last
+    physical = physical_cores()
+    if now is None or before is None:
+        choice = ThreadChoice(physical, f"{physical} physical cores")
+    else:
+        busy = busy_cores(before, now)
+        n = choose_threads(physical, busy)
+        taken = physical - n
+        choice = ThreadChoice(n, f"{physical} physical cores" + (f", {taken} busy with other programs" if taken else ""))
+    _since.update(sample=now, choice=choice)
+    return choice
+
+
+def default_threads() -> int:
+    return thread_choice().threads
+
+
+def last_thread_choice() -> ThreadChoice | None:
+    """The default this process decided last (what the engine used when -t was not given)."""
+    return _since["choice"]
+
+
+def threads_note(given: int | None) -> str:
+    """What the engine used, for --verbose: "2 (-t)", "1 (INFER_THREADS)", "1 (2 physical cores, 1 busy ...)"."""
+    choice = _since["choice"]
+    if given:
+        return f"{given} (-t)"
+    return f"{choice.threads} ({choice.why})" if choice else "not chosen yet"
 
 
 def total_memory() -> int:

@@ -36,6 +36,8 @@ HF_HUB_CACHE = EnvVar("HF_HUB_CACHE", "Hugging Face cache directory, used as the
 HF_HOME = EnvVar("HF_HOME", "Hugging Face home; the store is $HF_HOME/hub when nothing more specific is set.")
 HF_HUB_OFFLINE = EnvVar("HF_HUB_OFFLINE", "1: same as INFER_OFFLINE.")
 NO_COLOR = EnvVar("NO_COLOR", "Any value: no colour in any output.")
+INFER_THREADS = EnvVar("INFER_THREADS", "CPU threads when -t is not given. Default: the physical cores other programs leave free.",
+                       ("run", "chat", "bench"))
 INFER_STALL_TIMEOUT = EnvVar("INFER_STALL_TIMEOUT", "Seconds without a byte before a download is dropped and resumed (30).",
                              ("pull",))
 INFER_RETRY_BACKOFF = EnvVar("INFER_RETRY_BACKOFF", "First wait in seconds between download retries, doubled each time (1).",
@@ -49,7 +51,7 @@ INFER_API_KEY = EnvVar("INFER_API_KEY", "API key that `infer serve` requires (Au
 
 REGISTRY: tuple[EnvVar, ...] = (
     INFER_MODEL, INFER_MODELS, INFER_HOME, INFER_OFFLINE, INFER_DEBUG,
-    HF_TOKEN, HF_ENDPOINT, HF_HUB_CACHE, HF_HOME, HF_HUB_OFFLINE, NO_COLOR,
+    HF_TOKEN, HF_ENDPOINT, HF_HUB_CACHE, HF_HOME, HF_HUB_OFFLINE, NO_COLOR, INFER_THREADS,
     INFER_STALL_TIMEOUT, INFER_RETRY_BACKOFF, INFER_TEST_FREE_BYTES, INFER_API_KEY, INFER_HOST,
 )
 

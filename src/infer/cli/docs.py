@@ -62,6 +62,9 @@ def readme_with_reference(readme: str) -> str:
 
 def expected_files() -> dict[Path, str]:
     files = {ROOT / "completions" / name: completion_script(shell) for shell, name in SHELLS.items()}
+    from infer.cli.fast import HELP_FILE, HELP_WIDTH
+
+    files[Path(HELP_FILE)] = command_help(width=HELP_WIDTH).rstrip("\n") + "\n"  # infer --help, without Typer
     readme = ROOT / "README.md"
     files[readme] = readme_with_reference(readme.read_text(encoding="utf-8"))
     return files

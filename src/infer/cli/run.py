@@ -122,3 +122,7 @@ def run(
         console.warn("the output stopped at the token limit, so the JSON is incomplete: raise --max-tokens")
     if stats and done is not None:
         console.info(render.stats_line(done))
+    if verbose and done is not None:
+        from infer import hardware
+
+        console.info(f"threads: {hardware.threads_note(load.n_threads)}")

@@ -366,7 +366,7 @@ class LlamaBackend:
         params.kv_unified = False
         params.n_batch = max(min(n_ctx, opts.n_batch), n_seq)
         params.n_ubatch = min(params.n_batch, opts.n_ubatch)
-        threads = opts.n_threads or hardware.physical_cores()
+        threads = opts.n_threads or hardware.default_threads()
         params.n_threads = threads
         params.n_threads_batch = threads
         params.flash_attn_type = {"auto": lib.LLAMA_FLASH_ATTN_TYPE_AUTO, "on": lib.LLAMA_FLASH_ATTN_TYPE_ENABLED,
