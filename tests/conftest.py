@@ -1,7 +1,14 @@
-"""Fixtures: the installed `infer` in a subprocess, isolated homes, the real test model, loopback Hubs."""
+"""Fixtures: the installed `infer` in a subprocess, isolated homes, the real test model, loopback Hubs.
+
+Two knobs make the model-dependent tests run under other conditions (the suite must pass under any):
+INFER_TEST_THREADS, the thread count of every model run (passed on as INFER_THREADS; default 1, so
+that the suite never oversubscribes the CPU), and INFER_TEST_SEED, an offset added to every seed the
+tests use (default 0).
+"""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -9,11 +16,46 @@ import subprocess
 import sys
 from pathlib import Path
 
+import hypothesis
 import pytest
 
 SMOLLM2_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
 SMOLLM2_SIZE = 98_362_432
 CLOSED = "http://127.0.0.1:9"  # nothing listens here: any network use fails at once
+
+# A JSON string that cannot close before 2000 characters: under this grammar the model cannot end its answer,
+# so a run goes on until -n tokens (an exact count) or an interrupt, whatever the model would rather say.
+ENDLESS = json.dumps({"type": "string", "minLength": 2000})
+
+
+def _int_knob(name: str, default: int, least: int) -> int:
+    raw = os.environ.get(name, "").strip() or str(default)
+    try:
+        value = int(raw)
+    except ValueError:
+        value = least - 1
+    if value < least:
+        pytest.exit(f"{name} must be a whole number >= {least}, not {raw!r}", returncode=4)
+    return value
+
+
+def threads() -> int:
+    """INFER_TEST_THREADS: the thread count of every model run the suite makes (default 1)."""
+    return _int_knob("INFER_TEST_THREADS", 1, 1)
+
+
+def seed(n: int) -> str:
+    """A seed for a test: n plus INFER_TEST_SEED (default 0), as a command-line argument."""
+    return str(n + _int_knob("INFER_TEST_SEED", 0, 0))
+
+
+def pytest_report_header(config) -> str:
+    return f"infer: INFER_TEST_THREADS={threads()} INFER_TEST_SEED offset={seed(0)}"
+
+
+# Property tests: no per-example deadline (a loaded 2-core machine is slow, not wrong).
+hypothesis.settings.register_profile("infer", deadline=None)
+hypothesis.settings.load_profile("infer")
 
 
 def infer_bin() -> str:
@@ -32,6 +74,10 @@ def base_env(home: Path, store: Path) -> dict:
         "HF_ENDPOINT": CLOSED, "HF_HUB_DISABLE_XET": "1", "HF_HUB_DISABLE_TELEMETRY": "1",
         "HTTP_PROXY": CLOSED, "HTTPS_PROXY": CLOSED, "NO_PROXY": "127.0.0.1,localhost",
         "PYTHONUNBUFFERED": "1", "COLUMNS": "100",
+        # llama.cpp's spinning workers thrash when oversubscribed: every model run gets INFER_TEST_THREADS threads.
+        "INFER_THREADS": str(threads()),
+        # readline reads no ~/.inputrc or /etc/inputrc: line editing (bracketed paste, echo) is readline's default.
+        "INPUTRC": os.devnull,
     })
     return env
 
@@ -93,8 +139,6 @@ def smollm2() -> "Model":
     if proc.returncode != 0:
         pytest.fail(f"could not pull the test model: {proc.stderr}")
     listing = runner("list", "--json", check=True)
-    import json
-
     path = Path(next(m for m in json.loads(listing.stdout)["models"] if m["name"] == "smollm2")["path"])
     assert path.stat().st_size == SMOLLM2_SIZE
     from infer.store import sha256_file

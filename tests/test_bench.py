@@ -6,6 +6,9 @@ import json
 
 import pytest
 
+from conftest import threads
+from infer import settings
+
 pytestmark = pytest.mark.model
 
 
@@ -28,3 +31,12 @@ def test_bench_table_and_bad_values(infer, smollm2):
     assert "pp8" in proc.stdout and "tg2" in proc.stdout and "ttft" in proc.stdout
     assert infer("bench", "-m", smollm2.path, "-r", "0").returncode == 2
     assert infer("bench", "-m", smollm2.path, "-p", "8", "-p", "8").returncode == 2
+
+
+@pytest.mark.skipif("INFER_THREADS" not in {v.name for v in settings.REGISTRY},
+                    reason="this build has no INFER_THREADS setting yet")
+def test_the_suite_pins_the_thread_count(infer, smollm2):
+    """Every model run of the suite uses INFER_TEST_THREADS threads (default 1), through INFER_THREADS."""
+    proc = infer("bench", "-m", smollm2.path, "-p", "8", "-n", "2", "-r", "1", "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["threads"] == threads()

@@ -61,18 +61,34 @@ def test_real_model_estimate_and_doctor(pulled, smollm2):
     assert any(d["kind"] == "cpu" for d in data["devices"])
     assert data["hub"]["token"] == "not set" and data["pulled_models"] == 1
     assert data["model"]["estimate"]["kv_cache"] == 188_743_680 and data["model"]["layers"] == 31
-    assert data["model"]["plan"]["gpu_layers"] == 0 and data["model"]["plan"]["fits"]
+    assert data["model"]["plan"]["fits"]
+    if data["gpu_offload"]:  # a GPU build (Metal, CUDA): as many layers as the device holds
+        assert 0 <= data["model"]["plan"]["gpu_layers"] <= data["model"]["layers"]
+    else:
+        assert data["model"]["plan"]["gpu_layers"] == 0
     text = pulled("doctor", "-m", "smollm2").stdout
     assert "KV cache" in text and "plan" in text
     secret = pulled("doctor", "--json", env={"HF_TOKEN": "hf_supersecret"})
     assert "hf_supersecret" not in secret.stdout and json.loads(secret.stdout)["hub"]["token"] == "set"
 
 
+def _gpu_build() -> bool:
+    from infer import engine
+
+    return engine.supports_gpu_offload()
+
+
 @pytest.mark.model
 def test_gpu_options_on_a_cpu_build(infer, smollm2):
+    if _gpu_build():
+        pytest.skip("a GPU build of llama-cpp-python: tests/test_gpu.py covers it")
     proc = infer("run", "-m", smollm2.path, "-n", "4", "--gpu-layers", "-1", "--stats", "hi")
     assert proc.returncode == 0
     assert "no GPU backend: running on the CPU" in proc.stderr and "running on: CPU" in proc.stderr
+
+
+@pytest.mark.model
+def test_memory_and_gpu_options_on_any_build(infer, smollm2):
     assert infer("run", "-m", smollm2.path, "-n", "4", "--kv-type", "q8_0", "--no-mmap", "hi").returncode == 0
     assert infer("run", "-m", smollm2.path, "--gpu-layers", "lots", "hi").returncode == 2
     assert infer("run", "-m", smollm2.path, "--kv-type", "q8_0", "--flash-attn", "off", "hi").returncode == 2

