@@ -14,7 +14,7 @@ from pathlib import Path
 import pexpect
 import pytest
 
-from conftest import infer_bin
+from conftest import infer_bin, seed
 
 pytestmark = pytest.mark.model
 
@@ -39,7 +39,7 @@ def check_history(messages: list[dict]) -> None:
 @pytest.mark.parametrize("mode", ["--plain", "--markdown"])
 def test_ctrl_c_at_any_instant_after_enter_stops_only_that_turn(pulled, mode):
     env = dict(pulled.env)
-    args = ["-n", "48", "--seed", "7"]
+    args = ["-n", "48", "--seed", str(seed(7))]
     if mode == "--plain":
         args.append("--plain")
     else:

@@ -363,3 +363,21 @@ def test_serve_refuses_a_model_that_is_not_pulled(infer):
     proc = subprocess.run([infer_bin(), "serve", "-m", "acme/not-here-GGUF", "--port", "0"], capture_output=True,
                           text=True, env=infer.env, timeout=60)
     assert proc.returncode == 3 and "not pulled" in proc.stderr
+
+
+def test_a_chat_that_resends_its_history_reads_only_the_new_turn(server):
+    """The OpenAI client resends the whole conversation each turn; the server's slot keeps the KV of the last
+    one, so every turn after the first reports the earlier turns as cached (usage.prompt_tokens_details)."""
+    c = client(server)
+    messages = [{"role": "system", "content": "You are terse."}]
+    previous_prompt, cached = 0, []
+    for turn in range(6):
+        messages.append({"role": "user", "content": f"Turn {turn}: name a number."})
+        r = c.chat.completions.create(model="smollm2", messages=messages, max_tokens=8, temperature=0)
+        messages.append({"role": "assistant", "content": r.choices[0].message.content or ""})
+        hit = r.usage.prompt_tokens_details.cached_tokens
+        if turn:
+            assert hit >= previous_prompt - 2, (turn, hit, previous_prompt)
+        cached.append(hit)
+        previous_prompt = r.usage.prompt_tokens
+    assert cached == sorted(cached) and cached[-1] > cached[1] > 0

@@ -254,6 +254,8 @@ def _readline_history():
         if path.exists():
             readline.read_history_file(path)
         readline.set_history_length(2000)
+        if "libedit" not in (readline.__doc__ or ""):  # pasted lines stay one message (GNU readline 7-8.0 need it)
+            readline.parse_and_bind("set enable-bracketed-paste on")
     except OSError:
         pass
 
