@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import re
+import threading
 from itertools import pairwise
 
 import pytest
@@ -289,9 +290,12 @@ def view(monkeypatch):
     return v, buf
 
 
-def test_view_streams_every_event_through_and_renders_the_answer(view):
+def test_view_streams_every_event_through_and_renders_the_answer_with_no_refresh_thread(view):
     v, buf = view
-    seen = list(v.stream(events(ANSWER)))
+    before, seen = threading.active_count(), []
+    for event in v.stream(events(ANSWER)):
+        seen.append(event)
+        assert threading.active_count() == before
     assert "".join(e.text for e in seen if isinstance(e, Text)) == ANSWER and isinstance(seen[-1], Done)
     assert screen(buf.getvalue(), 80, 30) == whole(ANSWER, 80)
 
