@@ -12,4 +12,5 @@ $PY benchmarks/oneshot.py -r 7 ${LLM:+--llm "$LLM"}
 $PY benchmarks/startup.py -r 15
 $PY benchmarks/pull.py --mb 512 -r 3
 $PY benchmarks/chat_ttft.py --turns 12
+$PY benchmarks/render.py -r 3 --e2e
 $PY benchmarks/fit.py -c 512 -c 2048 -c 4096 -c 8192
