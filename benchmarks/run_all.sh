@@ -15,5 +15,6 @@ $PY benchmarks/busy.py -r 3
 $PY benchmarks/busy.py -r 3 --late
 $PY benchmarks/pull.py --mb 512 -r 3
 $PY benchmarks/chat_ttft.py --turns 12
+$PY benchmarks/render.py -r 3 --e2e
 $PY benchmarks/fit.py -c 512 -c 2048 -c 4096 -c 8192
 $PY benchmarks/big_input.py -r 5

@@ -52,24 +52,14 @@ class View:
                     sys.stdout.write("\n")
                 sys.stdout.flush()
             return
-        from rich.live import Live
-        from rich.markdown import Markdown
+        from infer.cli.markdown import LiveMarkdown
 
-        # Parsing Markdown costs O(length): re-parse at most every 1/12 s, not on every token.
-        text, shown, last = "", "", 0.0
-        with Live(Markdown(""), console=console.out(), refresh_per_second=12, vertical_overflow="visible") as live:
-            try:
-                for event in events:
-                    if hasattr(event, "text"):
-                        text += event.text
-                        now = time.monotonic()
-                        if now - last >= 1 / 12:
-                            live.update(Markdown(text))
-                            shown, last = text, now
-                    yield event
-            finally:
-                if text != shown:
-                    live.update(Markdown(text))
+        # Finished blocks are printed once; only the growing one is redrawn (see cli/markdown.py).
+        with LiveMarkdown(console.out()) as live:
+            for event in events:
+                if hasattr(event, "text"):
+                    live.feed(event.text)
+                yield event
 
     def note(self, message: str) -> None:
         console.dim(message)
