@@ -25,13 +25,13 @@ class EnvVar:
         return (self.get() or "").strip().lower() in {"1", "true", "yes", "on"}
 
 
-INFER_MODEL = EnvVar("INFER_MODEL", "Default model reference when -m is not given.", ("run", "chat", "bench", "show"))
+INFER_MODEL = EnvVar("INFER_MODEL", "Default model reference when -m is not given.", ("run", "chat", "bench", "show", "embed"))
 INFER_MODELS = EnvVar("INFER_MODELS", "Model store directory (Hugging Face cache layout). Default: HF_HUB_CACHE.")
 INFER_HOME = EnvVar("INFER_HOME", "Put infer's config, data and state under this one directory.")
 INFER_OFFLINE = EnvVar("INFER_OFFLINE", "1: never touch the network; run/chat will not auto-pull.")
 INFER_DEBUG = EnvVar("INFER_DEBUG", "1: show Python tracebacks for errors.")
-HF_TOKEN = EnvVar("HF_TOKEN", "Hugging Face token for gated or private repos.", ("pull", "run", "chat"))
-HF_ENDPOINT = EnvVar("HF_ENDPOINT", "Hugging Face Hub endpoint (a mirror). Default: https://huggingface.co.", ("pull", "run", "chat"))
+HF_TOKEN = EnvVar("HF_TOKEN", "Hugging Face token for gated or private repos.", ("pull", "run", "chat", "embed"))
+HF_ENDPOINT = EnvVar("HF_ENDPOINT", "Hugging Face Hub endpoint (a mirror). Default: https://huggingface.co.", ("pull", "run", "chat", "embed"))
 HF_HUB_CACHE = EnvVar("HF_HUB_CACHE", "Hugging Face cache directory, used as the store when INFER_MODELS is unset.")
 HF_HOME = EnvVar("HF_HOME", "Hugging Face home; the store is $HF_HOME/hub when nothing more specific is set.")
 HF_HUB_OFFLINE = EnvVar("HF_HUB_OFFLINE", "1: same as INFER_OFFLINE.")
@@ -40,13 +40,17 @@ INFER_STALL_TIMEOUT = EnvVar("INFER_STALL_TIMEOUT", "Seconds without a byte befo
                              ("pull",))
 INFER_RETRY_BACKOFF = EnvVar("INFER_RETRY_BACKOFF", "First wait in seconds between download retries, doubled each time (1).",
                              ("pull",))
+INFER_HOST = EnvVar("INFER_HOST", "URL of a running OpenAI-compatible server (infer serve, llama-server) to use "
+                    "instead of loading the model (same as --host).", ("run", "chat"))
+INFER_API_KEY = EnvVar("INFER_API_KEY", "API key: sent as a Bearer token to --host (and required by infer serve "
+                       "when set).", ("run", "chat", "serve"))
 INFER_TEST_FREE_BYTES = EnvVar("INFER_TEST_FREE_BYTES", "Testing only: pretend the store's disk has this many bytes free.",
                                ("pull",))
 
 REGISTRY: tuple[EnvVar, ...] = (
     INFER_MODEL, INFER_MODELS, INFER_HOME, INFER_OFFLINE, INFER_DEBUG,
     HF_TOKEN, HF_ENDPOINT, HF_HUB_CACHE, HF_HOME, HF_HUB_OFFLINE, NO_COLOR,
-    INFER_STALL_TIMEOUT, INFER_RETRY_BACKOFF, INFER_TEST_FREE_BYTES,
+    INFER_STALL_TIMEOUT, INFER_RETRY_BACKOFF, INFER_HOST, INFER_API_KEY, INFER_TEST_FREE_BYTES,
 )
 
 
