@@ -529,7 +529,8 @@ class Embedder:
     (mean for a generative model, which has none), several inputs decoded in one batch with one sequence id each.
 
     The KV buffer is unified: with llama.cpp's default (one KV stream per sequence) an input pooled in a batch
-    did not give what it gives alone (cosine 0.61-0.94 in a prototype); with one buffer the batch is exact."""
+    did not give what it gives alone (cosine 0.61-0.94 in a prototype); with one buffer (and no flash attention,
+    see below) the batch gives each input's own vector."""
 
     MAX_SEQ = 64  # inputs per decode
 
@@ -551,9 +552,11 @@ class Embedder:
         params.n_batch = params.n_ubatch = n_ctx
         threads = opts.n_threads or hardware.physical_cores()
         params.n_threads = params.n_threads_batch = threads
-        params.flash_attn_type = {"auto": lib.LLAMA_FLASH_ATTN_TYPE_AUTO, "on": lib.LLAMA_FLASH_ATTN_TYPE_ENABLED,
-                                  "off": lib.LLAMA_FLASH_ATTN_TYPE_DISABLED}[opts.flash_attn]
-        params.type_k = params.type_v = KV_TYPES[opts.kv_type]
+        # Flash attention only when asked for: ggml's CPU kernel takes another path once a batch holds more than
+        # a few dozen tokens, and a pooled input then drifts from itself alone (cosine 0.9999); without it, exact.
+        # The KV is short-lived here, so it stays f16 (a quantized KV would need flash attention).
+        params.flash_attn_type = lib.LLAMA_FLASH_ATTN_TYPE_ENABLED if opts.flash_attn == "on" else lib.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        params.type_k = params.type_v = KV_TYPES["f16"]
         params.no_perf = True
         try:
             with _DeferredInterrupt():
