@@ -302,6 +302,48 @@ def test_chat_error_line_and_the_chat_goes_on(infer, fake):
     assert fake.requests[1]["body"]["messages"] == [{"role": "user", "content": "second"}]  # the refused one not kept
 
 
+def slow_count(fake):
+    def reply(h, body):
+        if body["messages"][-1]["content"] != "count":
+            return fake.stream_words(h, body)
+        fake.start_stream(h)
+        try:
+            for i in range(10_000):
+                h.wfile.write(sse(chunk(f"{i}, ")))
+                h.wfile.flush()
+                time.sleep(0.02)
+        except OSError:
+            fake.disconnected.set()
+    return reply
+
+
+def test_chat_ctrl_c_ends_the_turn_closes_the_stream_and_the_chat_goes_on(infer, fake):
+    import pexpect
+
+    from conftest import infer_bin
+
+    fake.reply = slow_count(fake)
+    c = pexpect.spawn(infer_bin(), ["chat", "--host", fake.url, "--plain"], env=infer.env, encoding="utf-8",
+                      timeout=60, dimensions=(40, 120))
+    c.expect(">>> ")
+    c.sendline("count")
+    c.expect("0, 1, ")
+    c.sendintr()
+    c.expect("interrupted")
+    c.expect(">>> ")
+    assert fake.disconnected.wait(30), "the server never saw the client leave"
+    c.sendline("hello")
+    c.expect("tok/s")  # a complete answer and its stats line
+    c.expect(">>> ")
+    c.sendline("/bye")
+    c.expect(pexpect.EOF)
+    c.close()
+    assert c.exitstatus == 0
+    history = fake.requests[-1]["body"]["messages"]
+    assert [m["role"] for m in history] == ["user", "assistant", "user"]
+    assert history[1]["content"].startswith("0, 1, ")  # the partial answer was kept
+
+
 # -- pure logic: the SSE reader and the error table ---------------------------------------------------------
 
 def test_sse_reader_joins_multiline_data_and_skips_other_fields():

@@ -40,17 +40,17 @@ INFER_STALL_TIMEOUT = EnvVar("INFER_STALL_TIMEOUT", "Seconds without a byte befo
                              ("pull",))
 INFER_RETRY_BACKOFF = EnvVar("INFER_RETRY_BACKOFF", "First wait in seconds between download retries, doubled each time (1).",
                              ("pull",))
-INFER_HOST = EnvVar("INFER_HOST", "URL of a running OpenAI-compatible server (infer serve, llama-server) to use "
-                    "instead of loading the model (same as --host).", ("run", "chat"))
-INFER_API_KEY = EnvVar("INFER_API_KEY", "API key: sent as a Bearer token to --host (and required by infer serve "
-                       "when set).", ("run", "chat", "serve"))
 INFER_TEST_FREE_BYTES = EnvVar("INFER_TEST_FREE_BYTES", "Testing only: pretend the store's disk has this many bytes free.",
                                ("pull",))
+INFER_HOST = EnvVar("INFER_HOST", "URL of a running `infer serve` (or any OpenAI-compatible server): run and chat use it "
+                    "instead of loading the model; ps asks it (default http://127.0.0.1:11435).", ("ps", "run", "chat"))
+INFER_API_KEY = EnvVar("INFER_API_KEY", "API key that `infer serve` requires (Authorization: Bearer KEY); "
+                       "clients of a server send it.", ("serve", "ps", "run", "chat"))
 
 REGISTRY: tuple[EnvVar, ...] = (
     INFER_MODEL, INFER_MODELS, INFER_HOME, INFER_OFFLINE, INFER_DEBUG,
     HF_TOKEN, HF_ENDPOINT, HF_HUB_CACHE, HF_HOME, HF_HUB_OFFLINE, NO_COLOR,
-    INFER_STALL_TIMEOUT, INFER_RETRY_BACKOFF, INFER_HOST, INFER_API_KEY, INFER_TEST_FREE_BYTES,
+    INFER_STALL_TIMEOUT, INFER_RETRY_BACKOFF, INFER_TEST_FREE_BYTES, INFER_API_KEY, INFER_HOST,
 )
 
 
