@@ -40,7 +40,7 @@ def embed(
     from infer import complete
     from infer.cli.progress import CliReporter
 
-    inputs = list(texts or []) + [line for line in o.read_stdin().splitlines() if line.strip()]
+    inputs = list(texts or []) + [line for line in _stdin_text().splitlines() if line.strip()]
     if not inputs:
         raise UsageError("nothing to embed: give texts as arguments or pipe lines on stdin", hint='infer embed "hello"')
     resolved = complete.prepare(model, quant=quant, reporter=CliReporter())
@@ -60,3 +60,13 @@ def embed(
         quiet_broken_pipe()
     finally:
         loaded.close()
+
+
+def _stdin_text() -> str:
+    """Piped stdin, whole (undecodable bytes replaced, with a warning); "" on a terminal."""
+    material = o.stdin_material()
+    if material is None:
+        return ""
+    from infer.complete import read_bounded
+
+    return read_bounded(material, lambda text: 0, 0, console.warn)  # no token bound: each line is checked later
