@@ -19,7 +19,7 @@ from conftest import free_port, infer_bin
 pytestmark = pytest.mark.model
 
 KEY = "test-key"
-CTX = 512
+CTX = 4096  # room for the Ctrl-C test's long answer
 LISTENING = re.compile(r"listening on (http://\S+)")
 
 
@@ -127,7 +127,7 @@ def one_line(proc) -> str:
 
 
 def test_exit_codes_match_a_local_run(pulled, served):
-    long_prompt = "Tell me everything about the history of the world. " * 80  # well over the server's context
+    long_prompt = "Tell me everything about the history of the world. " * 600  # well over the server's context
     local = pulled("run", "-c", str(CTX), "-n", "20", long_prompt)
     far = remote(pulled, served, "run", "-n", "20", long_prompt)
     assert local.returncode == far.returncode == 5, far.stderr
