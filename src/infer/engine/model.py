@@ -323,13 +323,17 @@ class Model:
             return
         need = max(max(map(len, tokens)), min(sum(map(len, tokens)), EMBED_BATCH_TOKENS))
         need = min(limit, -(-need // CTX_GRANULE) * CTX_GRANULE)
-        embedder = getattr(self, "_embedder", None)
-        if embedder is None or embedder.n_ctx < need:
-            self._free_embedder()
-            t0 = time.perf_counter()
-            embedder = self._embedder = Embedder(self, need)
-            self.load_s += time.perf_counter() - t0
-        for vector, toks in zip(embedder.run(tokens), tokens):
+        import threading
+
+        with self.__dict__.setdefault("_embed_lock", threading.Lock()):  # callers in several threads share one context
+            embedder = getattr(self, "_embedder", None)
+            if embedder is None or embedder.n_ctx < need:
+                self._free_embedder()
+                t0 = time.perf_counter()
+                embedder = self._embedder = Embedder(self, need)
+                self.load_s += time.perf_counter() - t0
+            vectors = list(embedder.run(tokens))
+        for vector, toks in zip(vectors, tokens):
             yield Embedding(vector, len(toks))
 
     def _free_embedder(self) -> None:
@@ -535,8 +539,6 @@ class Embedder:
     MAX_SEQ = 64  # inputs per decode
 
     def __init__(self, model: Model, n_ctx: int):
-        import threading
-
         lib, opts = model._lib, model.options
         self._lib = lib
         self.pooling = model_pooling(model.metadata)
@@ -570,7 +572,6 @@ class Embedder:
         self.n_embd = lib.llama_model_n_embd(model._model.model)
         self._mem = lib.llama_get_memory(self.ctx)
         self._batch = lib.llama_batch_init(n_ctx, 0, 1)
-        self._lock = threading.Lock()  # one context: one batch at a time (the server may call from several threads)
 
     def run(self, token_lists: list[list[int]]) -> Iterator[list[float]]:
         """The inputs' vectors in order; each input fits the context (the caller checked)."""
@@ -580,9 +581,7 @@ class Embedder:
             while end < len(token_lists) and end - start < self.MAX_SEQ and total + len(token_lists[end]) <= self.n_ctx:
                 total += len(token_lists[end])
                 end += 1
-            with self._lock:
-                vectors = self._decode(token_lists[start:end])
-            yield from vectors
+            yield from self._decode(token_lists[start:end])
             start = end
 
     def _decode(self, group: list[list[int]]) -> list[list[float]]:
