@@ -186,6 +186,23 @@ def test_sse_framing_split_writes_crlf_comments_and_no_final_blank_line(infer, f
     assert data["usage"]["completion_tokens"] == 3  # no usage event: counted from the chunks
 
 
+def test_a_server_that_does_not_stream_still_answers(infer, fake):
+    def reply(h, body):
+        raw = json.dumps({"model": "m", "choices": [{"index": 0, "message": {"role": "assistant", "content": "whole"},
+                                                     "finish_reason": "stop"}],
+                          "usage": {"prompt_tokens": 3, "completion_tokens": 1}}).encode()
+        h.send_response(200)
+        h.send_header("Content-Type", "application/json")
+        h.send_header("Content-Length", str(len(raw)))
+        h.end_headers()
+        h.wfile.write(raw)
+    fake.reply = reply
+    proc = infer("run", "--host", fake.url, "--json", "hi")
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    assert (data["text"], data["finish_reason"], data["usage"]["prompt_tokens"]) == ("whole", "stop", 3)
+
+
 # -- errors: one line, the local exit codes -------------------------------------------------------------------
 
 def one_line(proc) -> str:
@@ -284,6 +301,13 @@ def test_scripted_chat_sends_the_history(infer, fake):
     assert first == [{"role": "system", "content": "sys"}, {"role": "user", "content": "Hi there"}]
     assert second == first + [{"role": "assistant", "content": "".join(WORDS)}, {"role": "user", "content": "And again"}]
     assert all("max_tokens" not in r["body"] for r in fake.requests)
+
+
+def test_chat_model_command_asks_the_server_for_another_model(infer, fake):
+    proc = infer("chat", "--host", fake.url, "--quiet", "-m", "smollm2", input="one\n/model acme/other-GGUF:Q8_0\ntwo\n")
+    assert proc.returncode == 0, proc.stderr
+    assert [r["body"]["model"] for r in fake.requests] == ["smollm2", "acme/other-GGUF:Q8_0"]
+    assert fake.requests[1]["body"]["messages"][-1] == {"role": "user", "content": "two"}  # history kept
 
 
 def test_chat_error_line_and_the_chat_goes_on(infer, fake):

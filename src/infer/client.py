@@ -171,6 +171,9 @@ class Stream:
         return response
 
     def _events(self, response, t0: float) -> Iterator[Text | Done]:
+        if (response.getheader("Content-Type") or "").startswith("application/json"):
+            yield from self._whole(response, t0)  # a server (or proxy) that does not stream
+            return
         n_chunks, finish, usage, timings = 0, None, None, None
         t_first = None
         try:
@@ -205,6 +208,21 @@ class Stream:
         if self.cancelled:
             finish = "cancelled"
         yield self._done(finish or "stop", usage, timings, n_chunks, t0, t_first)
+
+    def _whole(self, response, t0: float) -> Iterator[Text | Done]:
+        try:
+            answer = json.loads(response.read())
+            choice = answer["choices"][0]
+            message = choice.get("message")
+            text = (message or {}).get("content") if isinstance(message, dict) else choice.get("text")
+        except (OSError, ValueError, KeyError, IndexError, TypeError, AttributeError):
+            raise NetworkError("the server sent a malformed answer", hint=HINT) from None
+        t_first = time.perf_counter()
+        self.model = answer.get("model") or self.model
+        if text:
+            yield Text(str(text))
+        yield self._done(choice.get("finish_reason") or "stop", answer.get("usage"), answer.get("timings"),
+                         1 if text else 0, t0, t_first)
 
     def _done(self, finish: str, usage: dict | None, timings: dict | None, n_chunks: int, t0: float,
               t_first: float | None) -> Done:
