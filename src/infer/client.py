@@ -230,6 +230,8 @@ class Stream:
         usage = usage if isinstance(usage, dict) else {}
         prompt_tokens = _int(usage.get("prompt_tokens"))
         completion_tokens = _int(usage.get("completion_tokens"), n_chunks)
+        details = usage.get("prompt_tokens_details")
+        cached = _int(details.get("cached_tokens")) if isinstance(details, dict) else 0
         ttft = (t_first or t_end) - t0
         gen_s = t_end - (t_first or t_end)
         prompt_tps = _float((timings or {}).get("prompt_per_second")) if isinstance(timings, dict) else 0.0
@@ -237,7 +239,7 @@ class Stream:
             prompt_tps = prompt_tokens / ttft  # as this client sees it: queue and network included
         return Done(
             finish_reason=finish if finish in ("stop", "length", "cancelled") else "stop",
-            usage=Usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens),
+            usage=Usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, cached_tokens=cached),
             timings=Timings(load_s=0.0, ttft_s=ttft, prompt_s=ttft, gen_s=gen_s, prompt_tps=prompt_tps,
                             gen_tps=(completion_tokens - 1) / gen_s if completion_tokens > 1 and gen_s > 0 else 0.0))
 
