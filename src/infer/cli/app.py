@@ -68,7 +68,7 @@ def completion(shell: Annotated[str, typer.Argument(help="bash, zsh or fish.", s
 
 
 def _register() -> None:
-    from infer.cli import bench, cache, chat, doctor, models, run, serve
+    from infer.cli import bench, cache, chat, doctor, embed, models, run, serve
 
     commands = [
         ("run", run.run, run.EPILOG),
@@ -81,6 +81,7 @@ def _register() -> None:
         ("verify", models.verify, examples("infer verify", "infer verify smollm2 --json")),
         ("catalog", models.catalog_cmd, examples("infer catalog", "infer catalog --json")),
         ("bench", bench.bench, bench.EPILOG),
+        ("embed", embed.embed, embed.EPILOG),
         ("doctor", doctor.doctor, doctor.EPILOG),
         ("cache", cache.cache, cache.EPILOG),
         ("serve", serve.serve, serve.SERVE_EPILOG),

@@ -97,6 +97,8 @@ def chat(
     quiet: Annotated[bool, typer.Option("--quiet", help="No stats line after each answer.")] = False,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the last conversation.")] = False,
     verbose: o.Verbose = False,
+    host: o.Host = None,
+    api_key: o.ApiKey = None,
 ) -> None:
     """Talk with a model: streaming, rendered Markdown, history kept safe across Ctrl-C."""
     from infer import chat as core, complete
@@ -113,18 +115,27 @@ def chat(
     given = o.sampling_values(temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p,
                               repeat_penalty=repeat_penalty, seed=seed, max_tokens=max_tokens, stop=stop)
     view = View(plain, quiet)
-    resolved = complete.prepare(model, quant=quant, reporter=CliReporter())
-    if verbose:
-        console.info(f"model: {resolved.name} ({resolved.path}) from {resolved.origin}")
-    load = o.build_load(ctx_size, threads, gpu_layers, verbose, resolved.defaults, kv_type=kv_type, flash_attn=flash_attn, mlock=mlock, no_mmap=no_mmap)
-    loaded = core.load_model(resolved, load, console.warn)
-    session = core.Chat(loaded, resolved.name, conv, o.build_sampling(given, resolved.defaults))
+    server = o.remote_server(host, api_key)
+    if server is not None:  # the server holds the model warm: nothing is loaded here
+        from infer.client import RemoteModel, model_name
+
+        name, defaults = model_name(model, quant)
+        load = None
+        session = core.Chat(RemoteModel(server, name, ctx_size), name, conv, o.build_sampling(given, defaults))
+    else:
+        resolved = complete.prepare(model, quant=quant, reporter=CliReporter())
+        if verbose:
+            console.info(f"model: {resolved.name} ({resolved.path}) from {resolved.origin}")
+        load = o.build_load(ctx_size, threads, gpu_layers, verbose, resolved.defaults, kv_type=kv_type, flash_attn=flash_attn, mlock=mlock, no_mmap=no_mmap)
+        loaded = core.load_model(resolved, load, console.warn)
+        defaults = resolved.defaults
+        session = core.Chat(loaded, resolved.name, conv, o.build_sampling(given, defaults))
     if verbose:
         console.info(f"running on: {session.model.where}")
     if system is not None:
         session.conv.system = system
     elif session.conv.system is None:
-        session.conv.system = resolved.defaults.get("system")
+        session.conv.system = defaults.get("system")
     if resume:
         view.note(f"resumed {len(session.conv.messages)} messages from {session.path}")
     if not session.model.chat_template:
@@ -372,6 +383,14 @@ def _switch_model(session, view, name: str, load_args) -> None:
     if not name:
         raise UsageError("usage: /model NAME", hint="e.g. /model qwen2.5:0.5b")
     load, given = load_args
+    if load is None:  # --host: the server loads it
+        from infer.client import model_name
+
+        session.model.name, defaults = model_name(name)
+        session.model_name = session.model.name
+        session.base = o.build_sampling(given, defaults)
+        view.note(f"now chatting with {session.model_name} on {session.model.where} (history kept)")
+        return
     resolved = complete.prepare(name, reporter=CliReporter())
     started = time.perf_counter()
     new = load_model(resolved, load, console.warn)

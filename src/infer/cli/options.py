@@ -232,3 +232,24 @@ def build_speculation(lookup: bool, draft_max: int | None, draft_min: int | None
     if not 1 <= n <= 8:
         raise UsageError(f"--ngram {n} is out of range", hint="use 1 to 8")
     return Speculation(lookup=True, draft_max=dmax, draft_min=dmin, ngram=n)
+
+
+REMOTE = "Remote server"
+Host = Annotated[Optional[str], typer.Option(
+    "--host", metavar="URL", help="Use a running OpenAI-compatible server (infer serve, llama-server) instead of "
+    "loading the model. (default: INFER_HOST)", rich_help_panel=REMOTE, show_default=False)]
+ApiKey = Annotated[Optional[str], typer.Option(
+    "--api-key", help="API key for --host, sent as a Bearer token. (default: INFER_API_KEY)", rich_help_panel=REMOTE,
+    show_default=False)]
+
+
+def remote_server(host: str | None, api_key: str | None):
+    """The server named by --host or INFER_HOST (None: run locally), with its key."""
+    from infer import settings
+
+    url = host or settings.INFER_HOST.get()
+    if not url:
+        return None
+    from infer.client import Server
+
+    return Server(url, api_key or settings.INFER_API_KEY.get())

@@ -65,6 +65,8 @@ def run(
         "--cache-size", help="Size cap of the prompt cache, e.g. 4G (default: 4G, or `cache_size` in config.toml).",
         rich_help_panel=o.CONTEXT, show_default=False)] = None,
     verbose: o.Verbose = False,
+    host: o.Host = None,
+    api_key: o.ApiKey = None,
 ) -> None:
     """Answer one prompt and exit: text streams to stdout, nothing else does."""
     from infer import complete
@@ -78,24 +80,41 @@ def run(
         raise UsageError("no prompt: give one as arguments or pipe text on stdin", hint='infer run "Why is the sky blue?"')
     given = o.sampling_values(temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p,
                               repeat_penalty=repeat_penalty, seed=seed, max_tokens=max_tokens, stop=stop)
-    from infer.cli.progress import CliReporter
+    server = o.remote_server(host, api_key)
+    if server is not None:  # a warm model on a server: nothing is loaded here
+        from infer.client import model_name, read_material
 
-    resolved = complete.prepare(model, quant=quant, reporter=CliReporter())
-    if verbose:
-        console.info(f"model: {resolved.name} ({resolved.path}) from {resolved.origin}")
-    grammar = complete.grammar_for(schema_obj, json_mode=fmt is not None)
-    sampling = o.build_sampling(given, resolved.defaults, grammar=grammar)
-    load = o.build_load(ctx_size, threads, gpu_layers, verbose, resolved.defaults, kv_type=kv_type, flash_attn=flash_attn, mlock=mlock, no_mmap=no_mmap)
-    system = system if system is not None else resolved.defaults.get("system")
+        name, defaults = model_name(model, quant)
+        sampling = o.build_sampling(given, defaults)
+        system = system if system is not None else defaults.get("system")
+        text = complete.join_prompt(instruction, read_material(material, console.warn) if material else "")
+        messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": text}]
+        fmt_args = {"schema": schema_obj, "json_mode": fmt is not None}
+        events = server.complete(name, text, sampling, **fmt_args) if raw else server.chat(name, messages, sampling, **fmt_args)
+        if verbose or stats:
+            console.info(f"running on: {events.server.endpoint}")
+        grammar = schema_obj is not None or fmt is not None
+    else:
+        from infer.cli.progress import CliReporter
+
+        resolved = complete.prepare(model, quant=quant, reporter=CliReporter())
+        if verbose:
+            console.info(f"model: {resolved.name} ({resolved.path}) from {resolved.origin}")
+        grammar = complete.grammar_for(schema_obj, json_mode=fmt is not None)
+        sampling = o.build_sampling(given, resolved.defaults, grammar=grammar)
+        load = o.build_load(ctx_size, threads, gpu_layers, verbose, resolved.defaults, kv_type=kv_type, flash_attn=flash_attn, mlock=mlock, no_mmap=no_mmap)
+        system = system if system is not None else resolved.defaults.get("system")
+        show_where = (lambda m: console.info(f"running on: {m.where}")) if verbose or stats else (lambda m: None)
+        events = complete.run(resolved, load, sampling, instruction, system=system, raw=raw, material=material,
+                              cache=o.cache_options(cache, cache_size),
+                              speculation=o.build_speculation(lookup, draft_max, draft_min, ngram),
+                              notice=console.warn, on_load=show_where)
+        name = resolved.name
     chunks: list[str] = []
     done = None
     stream = not json_out
     try:
-        show_where = (lambda m: console.info(f"running on: {m.where}")) if verbose or stats else (lambda m: None)
-        for event in complete.run(resolved, load, sampling, instruction, system=system, raw=raw, material=material,
-                                  cache=o.cache_options(cache, cache_size),
-                                  speculation=o.build_speculation(lookup, draft_max, draft_min, ngram),
-                                  notice=console.warn, on_load=show_where):
+        for event in events:
             if isinstance(event, complete.Text):
                 chunks.append(event.text)
                 if stream:
@@ -114,7 +133,7 @@ def run(
         raise
     answer = "".join(chunks)
     if json_out:
-        render.print_json(render.result_json(resolved.name, answer, done))
+        render.print_json(render.result_json(getattr(events, "model", name), answer, done))
     elif not answer.endswith("\n"):
         sys.stdout.write("\n")
         sys.stdout.flush()

@@ -302,6 +302,46 @@ class Model:
         if self._sched is not None:
             self._sched.cancel_all()
 
+    # -- embeddings ------------------------------------------------------------------------
+    def embed(self, texts: list[str]) -> list[list[float]]:
+        """One L2-normalised vector per text, in order (see `Embedder`)."""
+        return [e.vector for e in self.embeddings(texts)]
+
+    def embeddings(self, texts: list[str]) -> Iterator["Embedding"]:
+        """Each text's embedding and token count, in order. Every input is checked before any is embedded:
+        an empty one is a usage error, one longer than the context a ContextOverflow (never truncated)."""
+        limit = self.options.n_ctx or (self.n_ctx_train if self.n_ctx_train > 0 else EMBED_BATCH_TOKENS)
+        tokens = [self.tokenize(text, add_bos=True, special=False) for text in texts]
+        for i, toks in enumerate(tokens):
+            if not toks:
+                raise UsageError(f"input {i} is empty: there is nothing to embed")
+            if len(toks) > limit:
+                where = "--ctx-size" if self.options.n_ctx else "the model's trained context"
+                raise ContextOverflow(f"input {i} is {len(toks)} tokens, but the context holds {limit} ({where})",
+                                      hint="shorten or split the input" + (", or raise --ctx-size" if self.options.n_ctx else ""))
+        if not tokens:
+            return
+        need = max(max(map(len, tokens)), min(sum(map(len, tokens)), EMBED_BATCH_TOKENS))
+        need = min(limit, -(-need // CTX_GRANULE) * CTX_GRANULE)
+        import threading
+
+        with self.__dict__.setdefault("_embed_lock", threading.Lock()):  # callers in several threads share one context
+            embedder = getattr(self, "_embedder", None)
+            if embedder is None or embedder.n_ctx < need:
+                self._free_embedder()
+                t0 = time.perf_counter()
+                embedder = self._embedder = Embedder(self, need)
+                self.load_s += time.perf_counter() - t0
+            vectors = list(embedder.run(tokens))
+        for vector, toks in zip(vectors, tokens):
+            yield Embedding(vector, len(toks))
+
+    def _free_embedder(self) -> None:
+        embedder = getattr(self, "_embedder", None)
+        if embedder is not None:
+            embedder.free()
+            self._embedder = None
+
     # -- llama-bench's measures -------------------------------------------------------------
     def _fresh(self, n_ctx: int) -> "LlamaBackend":
         backend = self.scheduler(1, n_ctx).backend
@@ -341,6 +381,7 @@ class Model:
         return time.perf_counter() - t0
 
     def close(self) -> None:
+        self._free_embedder()
         if self._sched is not None:
             self._sched.close()
             self._sched.backend.free()
@@ -475,6 +516,115 @@ class LlamaBackend:
             self._lib.llama_batch_free(self._batch)
             self._batch = None
         self._ctx.close()
+
+
+EMBED_BATCH_TOKENS = 2048  # the embedding context is sized to a batch of this many tokens (or the longest input)
+POOLING = {"none": 0, "mean": 1, "cls": 2, "last": 3, "rank": 4}
+
+
+@dataclass(frozen=True)
+class Embedding:
+    vector: list[float]  # L2-normalised
+    tokens: int  # the input's tokens (special tokens included)
+
+
+class Embedder:
+    """A second llama context on the model's weights, made for embeddings: pooled with the model's own pooling
+    (mean for a generative model, which has none), several inputs decoded in one batch with one sequence id each.
+
+    The KV buffer is unified: with llama.cpp's default (one KV stream per sequence) an input pooled in a batch
+    did not give what it gives alone (cosine 0.61-0.94 in a prototype); with one buffer (and no flash attention,
+    see below) the batch gives each input's own vector."""
+
+    MAX_SEQ = 64  # inputs per decode
+
+    def __init__(self, model: Model, n_ctx: int):
+        lib, opts = model._lib, model.options
+        self._lib = lib
+        self.pooling = model_pooling(model.metadata)
+        if self.pooling == POOLING["rank"]:
+            raise UsageError("this is a reranking model: it scores pairs of texts and gives no embeddings")
+        params = lib.llama_context_default_params()
+        params.embeddings = True
+        params.pooling_type = self.pooling
+        params.kv_unified = True
+        params.n_ctx = n_ctx
+        params.n_seq_max = self.MAX_SEQ
+        # an encoder (non-causal attention) must see a whole batch in one ubatch
+        params.n_batch = params.n_ubatch = n_ctx
+        threads = opts.n_threads or hardware.physical_cores()
+        params.n_threads = params.n_threads_batch = threads
+        # Flash attention only when asked for: ggml's CPU kernel takes another path once a batch holds more than
+        # a few dozen tokens, and a pooled input then drifts from itself alone (cosine 0.9999); without it, exact.
+        # The KV is short-lived here, so it stays f16 (a quantized KV would need flash attention).
+        params.flash_attn_type = lib.LLAMA_FLASH_ATTN_TYPE_ENABLED if opts.flash_attn == "on" else lib.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        params.type_k = params.type_v = KV_TYPES["f16"]
+        params.no_perf = True
+        try:
+            with _DeferredInterrupt():
+                self._ctx = model._internals.LlamaContext(model=model._model, params=params, verbose=opts.verbose)
+        except ValueError as e:
+            detail = _last_log_error()
+            raise InferError(f"llama.cpp could not create a {n_ctx}-token embedding context"
+                             + (f": {detail}" if detail else ""), hint="try a smaller --ctx-size") from e
+        self.ctx = self._ctx.ctx
+        self.n_ctx = n_ctx
+        self.n_embd = lib.llama_model_n_embd(model._model.model)
+        self._mem = lib.llama_get_memory(self.ctx)
+        self._batch = lib.llama_batch_init(n_ctx, 0, 1)
+
+    def run(self, token_lists: list[list[int]]) -> Iterator[list[float]]:
+        """The inputs' vectors in order; each input fits the context (the caller checked)."""
+        start = 0
+        while start < len(token_lists):
+            end, total = start, 0
+            while end < len(token_lists) and end - start < self.MAX_SEQ and total + len(token_lists[end]) <= self.n_ctx:
+                total += len(token_lists[end])
+                end += 1
+            yield from self._decode(token_lists[start:end])
+            start = end
+
+    def _decode(self, group: list[list[int]]) -> list[list[float]]:
+        lib, b = self._lib, self._batch
+        lib.llama_memory_clear(self._mem, True)
+        n = 0
+        for seq, tokens in enumerate(group):
+            for pos, token in enumerate(tokens):
+                b.token[n], b.pos[n], b.n_seq_id[n], b.logits[n] = token, pos, 1, True
+                b.seq_id[n][0] = seq
+                n += 1
+        b.n_tokens = n
+        rc = lib.llama_decode(self.ctx, b)
+        if rc != 0:
+            raise InferError(f"llama_decode failed while embedding (code {rc})")
+        out = []
+        for seq in range(len(group)):
+            ptr = lib.llama_get_embeddings_seq(self.ctx, seq)
+            if not ptr:
+                raise InferError("llama.cpp returned no pooled embedding")
+            out.append(_normalised(ptr[:self.n_embd]))
+        return out
+
+    def free(self) -> None:
+        if self._batch is not None:
+            self._lib.llama_batch_free(self._batch)
+            self._batch = None
+        self._ctx.close()
+
+
+def model_pooling(metadata: dict) -> int:
+    """The model's pooling type from its GGUF metadata; mean for a model without one (a generative model)."""
+    arch = metadata.get("general.architecture", "")
+    try:
+        value = int(metadata.get(f"{arch}.pooling_type", 0))
+    except ValueError:
+        value = 0
+    return value if value > 0 else POOLING["mean"]
+
+
+def _normalised(values: list[float]) -> list[float]:
+    norm = sum(v * v for v in values) ** 0.5
+    return [v / norm for v in values] if norm > 0 else list(values)
 
 
 @dataclass(frozen=True)
