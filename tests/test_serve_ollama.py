@@ -124,12 +124,6 @@ def test_num_ctx_is_honoured(server):
 
 
 def test_embed(server):
-    from infer.engine import Model
-
-    if not hasattr(Model, "embed"):
-        r = httpx.post(server.url + "/api/embed", json={"model": "smollm2", "input": "hi"}, timeout=60)
-        assert r.status_code == 501 and isinstance(r.json()["error"], str)
-        pytest.skip("the engine has no Model.embed yet (the server answers 501)")
     r = client(server).embed(model="smollm2", input=["a cat", "a dog"])
     assert len(r.embeddings) == 2 and len(r.embeddings[0]) == len(r.embeddings[1]) > 0
 

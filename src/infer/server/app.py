@@ -379,18 +379,13 @@ def create_app(manager: Manager, config: Config) -> FastAPI:
         return await openai_generate(request, await parse(request, openai.CompletionRequest), chat=False)
 
     async def embed(loaded: Loaded, texts: list[str]) -> tuple[list[list[float]], int]:
-        fn = getattr(loaded.model, "embed", None)
-        if fn is None:  # EMBED-STUB: the engine's Model.embed is not on this branch yet
-            raise ApiError(501, "embeddings are not available: this engine has no Model.embed yet", "not_implemented",
-                           "server_error")
         if not texts or any(not t for t in texts):
             raise ApiError(400, "input: give one or more non-empty strings", "invalid_request_error", param="input")
         try:
-            vectors = await asyncio.to_thread(fn, texts)
-            n_tokens = sum(len(loaded.model.tokenize(t)) for t in texts)
+            results = await asyncio.to_thread(lambda: list(loaded.model.embeddings(texts)))
         except InferError as e:
             raise api_error(e) from None
-        return vectors, n_tokens
+        return [r.vector for r in results], sum(r.tokens for r in results)
 
     @app.post("/v1/embeddings")
     async def embeddings(request: Request):
@@ -398,7 +393,7 @@ def create_app(manager: Manager, config: Config) -> FastAPI:
         loaded = await model_for(body.model)
         vectors, n = await embed(loaded, body.texts())
         request.state.tokens = (n, 0)
-        return JSONResponse(openai.embeddings_response(body.model or loaded.name, vectors, n))
+        return JSONResponse(openai.embeddings_response(body.model or loaded.name, vectors, n, body.encoding_format))
 
     @app.get("/v1/models")
     async def list_models():

@@ -117,7 +117,7 @@ class CompletionRequest(_Sampled):
 class EmbeddingRequest(_Body):
     model: Optional[str] = None
     input: Union[str, list[str]]
-    encoding_format: Literal["float"] = "float"
+    encoding_format: Literal["float", "base64"] = "float"  # the official client asks for base64 by default
 
     def texts(self) -> list[str]:
         return [self.input] if isinstance(self.input, str) else list(self.input)
@@ -199,9 +199,17 @@ def usage_chunk(rid: str, model: str, created: int, obj: str, dones: list[Done])
     return {"id": rid, "object": obj, "created": created, "model": model, "choices": [], "usage": usage(dones)}
 
 
-def embeddings_response(model: str, vectors: list[list[float]], prompt_tokens: int) -> dict:
+def embeddings_response(model: str, vectors: list[list[float]], prompt_tokens: int, encoding: str = "float") -> dict:
+    def encode(v: list[float]):
+        if encoding != "base64":
+            return v
+        import array
+        import base64
+
+        return base64.b64encode(array.array("f", v).tobytes()).decode("ascii")  # little-endian float32, as OpenAI
+
     return {"object": "list", "model": model,
-            "data": [{"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(vectors)],
+            "data": [{"object": "embedding", "index": i, "embedding": encode(v)} for i, v in enumerate(vectors)],
             "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens}}
 
 
