@@ -103,10 +103,6 @@ def run(
                     sys.stdout.flush()
             else:
                 done = event
-    except BrokenPipeError:
-        from infer.cli.app import quiet_broken_pipe
-
-        quiet_broken_pipe()
     except KeyboardInterrupt:
         if stream and chunks and not chunks[-1].endswith("\n"):
             sys.stdout.write("\n")
