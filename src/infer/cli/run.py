@@ -23,29 +23,16 @@ Examples:
 """
 
 
+@o.shared_options
 def run(
     prompt: Annotated[Optional[list[str]], typer.Argument(
         help="The instruction. Piped stdin is the material: the model sees STDIN, a blank line, then the instruction.",
         show_default=False)] = None,
-    model: o.Model = None,
-    quant: o.Quant = None,
+    model_opts: o.ModelArgs = o.ModelArgs(),
     system: o.System = None,
     raw: Annotated[bool, typer.Option("--raw", help="Plain text completion: no chat template.")] = False,
-    temperature: o.Temperature = None,
-    top_p: o.TopP = None,
-    top_k: o.TopK = None,
-    min_p: o.MinP = None,
-    repeat_penalty: o.RepeatPenalty = None,
-    seed: o.Seed = None,
-    max_tokens: o.MaxTokens = None,
-    stop: o.Stop = None,
-    ctx_size: o.CtxSize = None,
-    threads: o.Threads = None,
-    gpu_layers: o.GpuLayers = None,
-    kv_type: o.KvType = "f16",
-    flash_attn: o.FlashAttn = "auto",
-    mlock: o.Mlock = False,
-    no_mmap: o.NoMmap = False,
+    sampling_opts: o.SamplingArgs = o.SamplingArgs(),
+    load_opts: o.LoadArgs = o.LoadArgs(),
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object: model, text, finish_reason, usage, timings.",
                                            rich_help_panel=o.OUTPUT)] = False,
     schema: Annotated[Optional[str], typer.Option("--schema", help="Constrain the output to this JSON schema (a file or inline JSON).",
@@ -76,16 +63,15 @@ def run(
     material = o.stdin_material()  # read after the model loads, as far as its context can hold
     if not instruction and (material is None or material.empty):
         raise UsageError("no prompt: give one as arguments or pipe text on stdin", hint='infer run "Why is the sky blue?"')
-    given = o.sampling_values(temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p,
-                              repeat_penalty=repeat_penalty, seed=seed, max_tokens=max_tokens, stop=stop)
+    given = sampling_opts.given()
     from infer.cli.progress import CliReporter
 
-    resolved = complete.prepare(model, quant=quant, reporter=CliReporter())
+    resolved = complete.prepare(model_opts.model, quant=model_opts.quant, reporter=CliReporter())
     if verbose:
         console.info(f"model: {resolved.name} ({resolved.path}) from {resolved.origin}")
     grammar = complete.grammar_for(schema_obj, json_mode=fmt is not None)
     sampling = o.build_sampling(given, resolved.defaults, grammar=grammar)
-    load = o.build_load(ctx_size, threads, gpu_layers, verbose, resolved.defaults, kv_type=kv_type, flash_attn=flash_attn, mlock=mlock, no_mmap=no_mmap)
+    load = load_opts.build(verbose, resolved.defaults)
     system = system if system is not None else resolved.defaults.get("system")
     chunks: list[str] = []
     done = None
