@@ -32,6 +32,7 @@ class Chat:
         self.conv = conversation
         self.base = base
         self.last: Done | None = None
+        self.speculation = None  # prompt-lookup speculation (engine.Speculation), when asked for
         self.path = chats_dir() / f"{conversation.created.replace(':', '-')}.json"
 
     @staticmethod
@@ -90,7 +91,9 @@ class Chat:
             _, tokens = self.model.format_chat(self.conv.chat_messages(kept))
             sampling = self.sampling()
             sampling = replace(sampling, max_tokens=min(sampling.max_tokens or self.n_ctx, self.n_ctx - len(tokens)))
-            for event in self.model.generate(tokens, sampling):
+            events = (self.model.generate(tokens, sampling, self.speculation) if self.speculation
+                      else self.model.generate(tokens, sampling))
+            for event in events:
                 if isinstance(event, Text):
                     chunks.append(event.text)
                 else:

@@ -16,6 +16,7 @@ class ExitCode(IntEnum):
     NETWORK = 6
     VERIFY = 7
     NO_SPACE = 8
+    DISK = 8  # the same code: a local disk error (no space, read-only, permission denied)
     AUTH = 9
     INTERRUPTED = 130
 
@@ -29,7 +30,8 @@ EXIT_CODE_DOCS: dict[ExitCode, str] = {
     ExitCode.CONTEXT_OVERFLOW: "prompt does not fit the context window",
     ExitCode.NETWORK: "network error: server unreachable, or failing after retries",
     ExitCode.VERIFY: "checksum mismatch: downloaded or stored bytes are not the expected ones",
-    ExitCode.NO_SPACE: "not enough disk space or memory",
+    ExitCode.NO_SPACE: "disk error or not enough memory: no space left, the store or data dir not writable "
+                       "(read-only, permission denied), or the model does not fit in memory",
     ExitCode.AUTH: "gated or private repo: authentication required",
     ExitCode.INTERRUPTED: "interrupted (Ctrl-C)",
 }
@@ -70,6 +72,28 @@ class VerifyError(InferError):
 
 class NoSpace(InferError):
     exit_code = ExitCode.NO_SPACE
+
+
+class DiskError(InferError):
+    """A local file could not be read or written: never retried, never reported as a network error."""
+
+    exit_code = ExitCode.DISK
+
+
+def disk_error(e: OSError, doing: str, path=None) -> DiskError:
+    """`disk error: cannot write /path: No space left on device`, with a hint that fits the cause."""
+    import errno
+
+    where = path if path is not None else (e.filename or "?")
+    reason = e.strerror or type(e).__name__
+    hints = {
+        errno.ENOSPC: "free some space (`infer rm`), or set INFER_MODELS to a bigger disk; a pull resumes",
+        errno.EDQUOT: "free some space, or set INFER_MODELS to another disk; a pull resumes",
+        errno.EROFS: "the file system is read-only: set INFER_MODELS / INFER_HOME to a writable place",
+        errno.EACCES: "check the permissions, or set INFER_MODELS / INFER_HOME to a writable place",
+        errno.EPERM: "check the permissions, or set INFER_MODELS / INFER_HOME to a writable place",
+    }
+    return DiskError(f"disk error: cannot {doing} {where}: {reason}", hint=hints.get(e.errno))
 
 
 class AuthError(InferError):

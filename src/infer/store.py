@@ -5,6 +5,15 @@ linking to them, refs/), so they are shared with huggingface_hub and llama.cpp a
 downloaded twice. A small manifest in infer's data dir records each pulled reference
 (repo, commit, files with sha256 and size, when pulled and last used), so `run` and `chat`
 resolve a name with zero network calls.
+
+A damaged manifest (not JSON, or records that cannot be read) is never written over: the first
+read says so in one warning line on stderr, moves the file aside to
+manifest.json.corrupt-<UTC time>, writes a new manifest with the records it could read (none when
+the file is not JSON), and goes on with those. The model files stay in the store; pulling a model again records it without
+downloading it. A manifest that cannot be read at all (permissions) is a DiskError, so no write
+can replace it with less.
+
+Local file errors (no space, read-only, permission denied) become DiskError (exit 8), naming the path.
 """
 
 from __future__ import annotations
@@ -14,14 +23,15 @@ import fcntl
 import hashlib
 import json
 import os
+import sys
 import tempfile
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from infer import settings
-from infer.errors import VerifyError
+from infer.errors import VerifyError, disk_error
 
 MANIFEST_VERSION = 1
 
@@ -97,9 +107,20 @@ def lock_path(repo: str, name: str) -> Path:
 
 
 @contextlib.contextmanager
+def on_disk(doing: str, path: Path) -> Iterator[None]:
+    """Around local file operations: an OSError becomes a DiskError naming the path (exit 8)."""
+    try:
+        yield
+    except OSError as e:
+        raise disk_error(e, doing, path) from e
+
+
+@contextlib.contextmanager
 def file_lock(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as f:
+    with on_disk("write", path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        f = open(path, "a+")
+    with f:
         fcntl.flock(f, fcntl.LOCK_EX)
         try:
             yield
@@ -109,6 +130,11 @@ def file_lock(path: Path) -> Iterator[None]:
 
 def atomic_write_text(path: Path, text: str) -> None:
     """Write a file so that a crash leaves either the old or the new content, never half."""
+    with on_disk("write", path):
+        _atomic_write_text(path, text)
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -123,21 +149,91 @@ def atomic_write_text(path: Path, text: str) -> None:
         raise
 
 
+def _stderr_warning(message: str) -> None:
+    sys.stderr.write(f"warning: {message}\n")  # as console.warn prints it off a terminal
+    sys.stderr.flush()
+
+
+warn: Callable[[str], None] = _stderr_warning  # the CLI may route it elsewhere; tests may collect it
+
+
+def parse_manifest(raw: bytes | str) -> tuple[dict[str, Pulled], str | None]:
+    """The records that can be read, and what is wrong with the rest (None: nothing)."""
+    try:
+        data = json.loads(raw)
+    except ValueError as e:
+        return {}, f"not valid JSON ({getattr(e, 'msg', e)})"
+    entries = data.get("models") if isinstance(data, dict) else None
+    if not isinstance(entries, dict):
+        return {}, "no \"models\" object"
+    models: dict[str, Pulled] = {}
+    for name, entry in entries.items():
+        try:
+            pulled = Pulled.from_json(dict(entry))
+            if not pulled.files or not all(isinstance(f.path, str) and isinstance(f.sha256, str) for f in pulled.files):
+                raise ValueError("no files")
+        except (TypeError, ValueError, AttributeError):
+            continue
+        models[name] = pulled
+    lost = len(entries) - len(models)
+    return models, (f"{lost} of {len(entries)} record(s) cannot be read" if lost else None)
+
+
 class Manifest:
-    """The pulled models. Every change is read-modify-write under a lock, written atomically."""
+    """The pulled models. Every change is read-modify-write under a lock, written atomically.
+
+    A damaged file is set aside (never written over) and reported once; see the module's doc."""
 
     def __init__(self, path: Path | None = None):
         self.path = path or manifest_path()
 
-    def _read(self) -> dict[str, Pulled]:
+    def _lock(self):
+        return file_lock(self.path.with_suffix(".lock"))
+
+    def _read(self, locked: bool = False) -> dict[str, Pulled]:
         try:
-            data = json.loads(self.path.read_text(encoding="utf-8"))
+            raw = self.path.read_bytes()
         except FileNotFoundError:
             return {}
-        except (OSError, ValueError):
-            # A damaged manifest must not stop the tool: the files are still in the store.
-            return {}
-        return {name: Pulled.from_json(dict(entry)) for name, entry in data.get("models", {}).items()}
+        except OSError as e:  # unreadable is not empty: a write now would drop every record
+            raise disk_error(e, "read the manifest", self.path) from e
+        models, problem = parse_manifest(raw)
+        if problem:
+            self._set_aside(raw, problem, models, locked)
+        return models
+
+    def _set_aside(self, raw: bytes, problem: str, models: dict[str, Pulled], locked: bool) -> None:
+        """Move the damaged file to manifest.json.corrupt-<time> and write the readable records back,
+        once, under the lock."""
+        from infer.errors import DiskError
+
+        try:
+            if locked:
+                self._move_aside(raw, problem, models)
+            else:
+                with self._lock():
+                    self._move_aside(raw, problem, models)
+        except DiskError as e:
+            message = f"{self.path} is damaged ({problem}) and cannot be moved aside ({e.message})"
+            if locked:  # about to write: never over a file that could not be kept
+                raise DiskError(message, hint="fix or move the file by hand") from e
+            _warn_once(self.path, message + "; its records are ignored")
+
+    def _move_aside(self, raw: bytes, problem: str, models: dict[str, Pulled]) -> None:
+        try:
+            if self.path.read_bytes() != raw:
+                return  # another process moved it aside (and maybe wrote a new one) meanwhile
+        except FileNotFoundError:
+            return
+        except OSError:
+            pass
+        aside = _free_name(self.path.with_name(f"{self.path.name}.corrupt-{_stamp()}"))
+        with on_disk("move aside", self.path):
+            os.rename(self.path, aside)
+        if models:
+            self._write(models)
+        warn(f"{self.path} is damaged ({problem}): moved aside to {aside.name}; the files of models no longer "
+             "listed are still in the store, and `infer pull NAME` records one again without downloading it")
 
     def all(self) -> dict[str, Pulled]:
         return self._read()
@@ -147,25 +243,50 @@ class Manifest:
 
     @contextlib.contextmanager
     def edit(self) -> Iterator[dict[str, Pulled]]:
-        with file_lock(self.path.with_suffix(".lock")):
-            models = self._read()
+        with self._lock():
+            models = self._read(locked=True)  # a damaged file is set aside first, or this raises
             yield models
-            payload = {"version": MANIFEST_VERSION, "models": {k: asdict(v) for k, v in sorted(models.items())}}
-            atomic_write_text(self.path, json.dumps(payload, indent=2) + "\n")
+            self._write(models)
+
+    def _write(self, models: dict[str, Pulled]) -> None:
+        payload = {"version": MANIFEST_VERSION, "models": {k: asdict(v) for k, v in sorted(models.items())}}
+        atomic_write_text(self.path, json.dumps(payload, indent=2) + "\n")
 
     def put(self, pulled: Pulled) -> None:
         with self.edit() as models:
             models[pulled.name] = pulled
 
     def touch(self, name: str) -> None:
-        if name not in self._read():
-            return  # a local file or a model found in the HF cache: nothing to record
+        from infer.errors import DiskError
+
         try:
+            if name not in self._read():
+                return  # a local file or a model found in the HF cache: nothing to record
             with self.edit() as models:
                 if name in models:
                     models[name].last_used = now()
-        except OSError:
+        except DiskError:
             pass  # a read-only data dir must not stop a run
+
+
+_warned: set[Path] = set()
+
+
+def _warn_once(path: Path, message: str) -> None:
+    if path not in _warned:
+        _warned.add(path)
+        warn(message)
+
+
+def _stamp() -> str:
+    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+
+
+def _free_name(path: Path) -> Path:
+    candidate, n = path, 1
+    while candidate.exists():
+        candidate, n = path.with_name(f"{path.name}-{n}"), n + 1
+    return candidate
 
 
 def sha256_file(path: Path, progress=None, chunk: int = 1 << 20) -> str:
@@ -192,6 +313,12 @@ def verify_file(path: Path, sha256: str, size: int | None = None) -> None:
 def link_snapshot(repo: str, commit: str, filename: str, blob: Path) -> Path:
     """Create snapshots/<commit>/<filename> -> ../../blobs/<sha>, as huggingface_hub does."""
     link = repo_dir(repo) / "snapshots" / commit / filename
+    with on_disk("write", link):
+        _link(link, blob)
+    return link
+
+
+def _link(link: Path, blob: Path) -> None:
     link.parent.mkdir(parents=True, exist_ok=True)
     target = os.path.relpath(blob, link.parent)
     tmp = link.with_name(f".{link.name}.{os.getpid()}.tmp-link")
@@ -205,7 +332,6 @@ def link_snapshot(repo: str, commit: str, filename: str, blob: Path) -> Path:
 
         shutil.copyfile(blob, tmp)
         os.replace(tmp, link)
-    return link
 
 
 def write_ref(repo: str, revision: str, commit: str) -> None:
@@ -228,11 +354,11 @@ def remove(names: list[str]) -> int:
             for f in pulled.files:
                 link, blob = Path(f.path), blob_path(pulled.repo, f.sha256)
                 if link != blob and f.path not in kept_paths:
-                    with contextlib.suppress(FileNotFoundError):
+                    with contextlib.suppress(FileNotFoundError), on_disk("delete", link):
                         link.unlink()
                 if f.sha256 in keep:
                     continue  # another pulled model still uses these bytes
-                with contextlib.suppress(FileNotFoundError):
+                with contextlib.suppress(FileNotFoundError), on_disk("delete", blob):
                     size = blob.stat().st_size
                     blob.unlink()
                     freed += size

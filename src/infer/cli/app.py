@@ -1,7 +1,11 @@
-"""The root command: registers the commands and owns the one error boundary."""
+"""The root command: registers the commands and owns the one error boundary.
+
+Nothing imports this module but the console script: help text lives in helptext.py and the
+completion scripts in completion.py, so docs.py and the commands import those, never the root."""
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 from typing import Annotated, Optional
@@ -9,14 +13,14 @@ from typing import Annotated, Optional
 import typer
 
 from infer import settings
-from infer.errors import EXIT_CODE_DOCS, ExitCode, InferError
-
-EPILOG = "Exit codes: " + "; ".join(f"{int(c)} {d.split(':')[0].split(' (')[0]}" for c, d in EXIT_CODE_DOCS.items())
+from infer.cli.completion import COMPLETE_VAR
+from infer.cli.helptext import EXIT_CODES, examples, with_env
+from infer.errors import ExitCode, InferError
 
 app = typer.Typer(
     name="infer",
     help="Run language models on your own machine, offline: pull a GGUF model once, then run and chat.",
-    epilog=EPILOG,
+    epilog=EXIT_CODES,
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -45,30 +49,9 @@ def root(
         console.set_no_color(True)
 
 
-def examples(*lines: str) -> str:
-    """An epilog of example commands, kept as written (Click's \\b: no re-wrapping)."""
-    return "Examples:\n\n\b\n" + "\n".join(f"  {line}" for line in lines)
-
-
-def with_env(command: str, epilog: str) -> str:
-    """Append the environment variables the command reads, from the one registry in settings."""
-    names = ", ".join(v.name for v in settings.env_for(command) if not v.name.startswith("INFER_TEST_"))
-    return f"{epilog.rstrip()}\n\nEnvironment: {names}."
-
-
-def completion(shell: Annotated[str, typer.Argument(help="bash, zsh or fish.", show_default=False,
-                                                    autocompletion=lambda: ["bash", "zsh", "fish"])]) -> None:
-    """Print the shell completion script (see the README to install it)."""
-    from infer.cli.docs import SHELLS, completion_script
-    from infer.errors import UsageError
-
-    if shell not in SHELLS:
-        raise UsageError(f"no completion for {shell!r}", hint="choose bash, zsh or fish")
-    sys.stdout.write(completion_script(shell))
-
-
 def _register() -> None:
     from infer.cli import bench, cache, chat, doctor, embed, models, run, serve
+    from infer.cli.completion import completion
 
     commands = [
         ("run", run.run, run.EPILOG),
@@ -104,13 +87,43 @@ def _fail(message: str, code: int) -> None:
 
 
 def quiet_broken_pipe() -> None:
-    # stdout's reader went away (`| head`): end quietly, and keep Python from complaining at exit.
+    """stdout's reader went away (`| head`): end quietly with 0, and keep Python from complaining at exit."""
     try:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
     except (OSError, ValueError):
         pass
     raise SystemExit(0)
+
+
+class _StdoutWatch:
+    """Whether stdout's reader went away. Typer and Click answer EPIPE (in a command or in --help) with
+    exit(1) after swapping sys.stdout for a wrapper that hides the error; Rich, with exit(1) after
+    pointing fd 1 at /dev/null. Neither is a failure: `infer list | head -1` must end with 0."""
+
+    def __init__(self) -> None:
+        self.stream = sys.stdout
+        self.ident = self._ident()
+
+    @staticmethod
+    def _ident():
+        try:
+            st = os.fstat(1)
+            return st.st_dev, st.st_ino
+        except OSError:
+            return None
+
+    def reader_gone(self) -> bool:
+        if sys.stdout is not self.stream or self._ident() != self.ident:
+            return True
+        try:  # still our pipe: Linux and macOS report POLLERR once its reader closed it
+            import select
+
+            poller = select.poll()
+            poller.register(1, select.POLLOUT)
+            return any(ev & select.POLLERR for _fd, ev in poller.poll(0))
+        except (OSError, AttributeError, ValueError):
+            return False
 
 
 def _click_exceptions():
@@ -120,9 +133,6 @@ def _click_exceptions():
     except ImportError:  # pragma: no cover - depends on the installed Typer
         from click import exceptions
     return exceptions
-
-
-COMPLETE_VAR = "_INFER_COMPLETE"
 
 
 def exit_now() -> None:
@@ -155,9 +165,16 @@ def main(argv: list[str] | None = None) -> None:
         from typer.completion import completion_init
 
         completion_init()
+    stdout = _StdoutWatch()
     try:
-        # Typer answers a KeyboardInterrupt, and typer.Exit, by returning the exit code here.
-        code = app(args=argv, prog_name="infer", standalone_mode=False)
+        try:
+            # Typer answers a KeyboardInterrupt, and typer.Exit, by returning the exit code here.
+            code = app(args=argv, prog_name="infer", standalone_mode=False)
+            sys.stdout.flush()  # a closed pipe shows here, inside the boundary, not at interpreter exit
+        except SystemExit as e:
+            if e.code == 1 and stdout.reader_gone():
+                quiet_broken_pipe()  # the libraries' way of saying EPIPE: see _StdoutWatch
+            raise
         if code == ExitCode.INTERRUPTED:
             _fail("interrupted", int(ExitCode.INTERRUPTED))
         if isinstance(code, int) and code:
@@ -181,8 +198,23 @@ def main(argv: list[str] | None = None) -> None:
         quiet_broken_pipe()
     except click.ClickException as e:
         _fail(e.format_message(), e.exit_code)
+    except OSError as e:
+        if e.errno not in DISK_ERRNOS:
+            _internal(e)
+        from infer.errors import disk_error
+
+        error = disk_error(e, "use")
+        _fail(error.message + (f" ({error.hint})" if error.hint else ""), int(error.exit_code))
     except Exception as e:  # the boundary: a bug still gets one line and a documented code
-        if settings.debug():
-            raise
-        _fail(f"internal error: {type(e).__name__}: {e} (INFER_DEBUG=1 shows the traceback; please report it)",
-              int(ExitCode.INTERNAL))
+        _internal(e)
+
+
+# A local file the core did not wrap in DiskError: still "disk", with the path, and the disk's exit code.
+DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO}
+
+
+def _internal(e: Exception) -> None:
+    if settings.debug():
+        raise e
+    _fail(f"internal error: {type(e).__name__}: {e} (INFER_DEBUG=1 shows the traceback; please report it)",
+          int(ExitCode.INTERNAL))

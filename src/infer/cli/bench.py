@@ -20,20 +20,15 @@ Examples:
 """
 
 
+@o.shared_options
 def bench(
-    model: o.Model = None,
-    quant: o.Quant = None,
+    model_opts: o.ModelArgs = o.ModelArgs(),
     prompt_sizes: Annotated[Optional[list[int]], typer.Option("-p", "--prompt", min=1,
                                                               help="Prompt size(s) for pp (repeatable). (default: 512)",
                                                               show_default=False)] = None,
     gen_tokens: Annotated[int, typer.Option("-n", "--gen", min=1, help="Tokens for tg.")] = 128,
     repeat: Annotated[int, typer.Option("-r", "--repeat", min=1, help="Repetitions of each measure.")] = 5,
-    threads: o.Threads = None,
-    gpu_layers: o.GpuLayers = None,
-    kv_type: o.KvType = "f16",
-    flash_attn: o.FlashAttn = "auto",
-    mlock: o.Mlock = False,
-    no_mmap: o.NoMmap = False,
+    load_opts: o.HardwareArgs = o.LoadArgs(),
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object for scripts.")] = False,
     verbose: o.Verbose = False,
 ) -> None:
@@ -44,8 +39,8 @@ def bench(
     sizes = prompt_sizes or [512]
     if len(set(sizes)) != len(sizes):
         raise UsageError("each -p size may be given once")
-    resolved = complete.prepare(model, quant=quant, reporter=CliReporter())
-    load = o.build_load(None, threads, gpu_layers, verbose, resolved.defaults, kv_type=kv_type, flash_attn=flash_attn, mlock=mlock, no_mmap=no_mmap)
+    resolved = complete.prepare(model_opts.model, quant=model_opts.quant, reporter=CliReporter())
+    load = load_opts.build(verbose, resolved.defaults)
     load, where = complete.plan(resolved.path, load, console.warn)
     quiet = json_out or not console.is_tty(__import__("sys").stderr)
     result = core.run(resolved.path, resolved.name, load, sizes, gen_tokens, repeat,

@@ -74,29 +74,20 @@ class View:
         self.note(f"{u.completion_tokens} tokens · {t.ttft_s:.2f} s to first token · {t.gen_tps:.1f} tok/s")
 
 
+@o.shared_options
 def chat(
-    model: o.Model = None,
-    quant: o.Quant = None,
+    model_opts: o.ModelArgs = o.ModelArgs(),
     system: o.System = None,
-    temperature: o.Temperature = None,
-    top_p: o.TopP = None,
-    top_k: o.TopK = None,
-    min_p: o.MinP = None,
-    repeat_penalty: o.RepeatPenalty = None,
-    seed: o.Seed = None,
-    max_tokens: o.MaxTokens = None,
-    stop: o.Stop = None,
-    ctx_size: o.CtxSize = None,
-    threads: o.Threads = None,
-    gpu_layers: o.GpuLayers = None,
-    kv_type: o.KvType = "f16",
-    flash_attn: o.FlashAttn = "auto",
-    mlock: o.Mlock = False,
-    no_mmap: o.NoMmap = False,
+    sampling_opts: o.SamplingArgs = o.SamplingArgs(),
+    load_opts: o.LoadArgs = o.LoadArgs(),
     plain: Annotated[bool, typer.Option("--plain", help="Raw text, no Markdown rendering (the default off a terminal).")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", help="No stats line after each answer.")] = False,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the last conversation.")] = False,
     verbose: o.Verbose = False,
+    lookup: o.Lookup = False,
+    draft_max: o.DraftMax = None,
+    draft_min: o.DraftMin = None,
+    ngram: o.Ngram = None,
     host: o.Host = None,
     api_key: o.ApiKey = None,
 ) -> None:
@@ -105,6 +96,7 @@ def chat(
     from infer.cli.progress import CliReporter
     from infer.session import Conversation
 
+    model = model_opts.model
     conv = Conversation()
     if resume:
         last = core.latest_chat()
@@ -112,24 +104,27 @@ def chat(
             raise UsageError("there is no saved conversation to resume", hint="start one with `infer chat`")
         conv = core.read_conversation(last)
         model = model or conv.model or None
-    given = o.sampling_values(temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p,
-                              repeat_penalty=repeat_penalty, seed=seed, max_tokens=max_tokens, stop=stop)
+    given = sampling_opts.given()
     view = View(plain, quiet)
+    speculation = o.build_speculation(lookup, draft_max, draft_min, ngram)
     server = o.remote_server(host, api_key)
+    if server is not None and speculation is not None:
+        raise UsageError("--lookup runs where the model is: it cannot be combined with --host")
     if server is not None:  # the server holds the model warm: nothing is loaded here
         from infer.client import RemoteModel, model_name
 
-        name, defaults = model_name(model, quant)
+        name, defaults = model_name(model, model_opts.quant)
         load = None
-        session = core.Chat(RemoteModel(server, name, ctx_size), name, conv, o.build_sampling(given, defaults))
+        session = core.Chat(RemoteModel(server, name, load_opts.ctx_size), name, conv, o.build_sampling(given, defaults))
     else:
-        resolved = complete.prepare(model, quant=quant, reporter=CliReporter())
+        resolved = complete.prepare(model, quant=model_opts.quant, reporter=CliReporter())
         if verbose:
             console.info(f"model: {resolved.name} ({resolved.path}) from {resolved.origin}")
-        load = o.build_load(ctx_size, threads, gpu_layers, verbose, resolved.defaults, kv_type=kv_type, flash_attn=flash_attn, mlock=mlock, no_mmap=no_mmap)
+        load = load_opts.build(verbose, resolved.defaults)
         loaded = core.load_model(resolved, load, console.warn)
         defaults = resolved.defaults
         session = core.Chat(loaded, resolved.name, conv, o.build_sampling(given, defaults))
+    session.speculation = speculation
     if verbose:
         console.info(f"running on: {session.model.where}")
     if system is not None:

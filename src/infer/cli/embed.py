@@ -54,10 +54,6 @@ def embed(
             vector = [float(f"{v:.9g}") for v in e.vector]
             sys.stdout.write(json.dumps({"index": index, "tokens": e.tokens, "embedding": vector}) + "\n")
             sys.stdout.flush()
-    except BrokenPipeError:
-        from infer.cli.app import quiet_broken_pipe
-
-        quiet_broken_pipe()
     finally:
         loaded.close()
 

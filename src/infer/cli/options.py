@@ -1,9 +1,20 @@
-"""Options shared by run, chat and bench, declared once."""
+"""Options shared by run, chat and bench, declared once.
+
+Each option is an Annotated alias below; the ones that travel together form a group (ModelArgs,
+SamplingArgs, LoadArgs), a dataclass whose fields are those aliases. A command names a group as
+one parameter and is wrapped in @shared_options, which puts the group's options into the
+command's signature in that place (so --help lists them as before) and hands the function one
+filled-in group. A new shared option is one field here; every command with its group gets it.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import inspect
 import json
 import sys
+import typing
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -96,6 +107,95 @@ DraftMin = Annotated[Optional[int], typer.Option(
 Ngram = Annotated[Optional[int], typer.Option(
     "--ngram", help="Shortest n-gram that counts as a match (1-8). (default: 3)", rich_help_panel=SPECULATION,
     show_default=False)]
+
+
+class OptionGroup:
+    """Base of the option groups: dataclasses whose fields are the shared Typer options."""
+
+
+class Omit(tuple):
+    """Annotated[Group, Omit(("field",))]: a command that offers the group without these options."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelArgs(OptionGroup):
+    model: Model = None
+    quant: Quant = None
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingArgs(OptionGroup):
+    temperature: Temperature = None
+    top_p: TopP = None
+    top_k: TopK = None
+    min_p: MinP = None
+    repeat_penalty: RepeatPenalty = None
+    seed: Seed = None
+    max_tokens: MaxTokens = None
+    stop: Stop = None
+
+    def given(self) -> dict:
+        """The sampling options the user actually gave."""
+        return sampling_values(**{f.name: getattr(self, f.name) for f in dataclasses.fields(self)})
+
+
+@dataclasses.dataclass(frozen=True)
+class LoadArgs(OptionGroup):
+    ctx_size: CtxSize = None
+    threads: Threads = None
+    gpu_layers: GpuLayers = None
+    kv_type: KvType = "f16"
+    flash_attn: FlashAttn = "auto"
+    mlock: Mlock = False
+    no_mmap: NoMmap = False
+
+    def build(self, verbose: bool, model_defaults: dict | None = None):
+        """The engine's LoadOptions (see build_load)."""
+        return build_load(self.ctx_size, self.threads, self.gpu_layers, verbose, model_defaults, kv_type=self.kv_type,
+                          flash_attn=self.flash_attn, mlock=self.mlock, no_mmap=self.no_mmap)
+
+
+HardwareArgs = Annotated[LoadArgs, Omit(("ctx_size",))]  # bench sizes its own contexts
+
+
+def shared_options(command):
+    """Expand each parameter annotated with an option group into the group's options, in its place,
+    and call `command` with one group object built from them."""
+    hints = typing.get_type_hints(command, include_extras=True)
+    params: list[inspect.Parameter] = []
+    groups: dict[str, tuple[type, list[str]]] = {}
+    for p in inspect.signature(command).parameters.values():
+        annotation = hints.get(p.name, p.annotation)
+        group, omitted = _group_of(annotation)
+        if group is None:
+            params.append(p.replace(annotation=annotation))
+            continue
+        fields = typing.get_type_hints(group, include_extras=True)
+        names = [f.name for f in dataclasses.fields(group) if f.name not in omitted]
+        groups[p.name] = (group, names)
+        params += [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=fields[n],
+                                     default=group.__dataclass_fields__[n].default) for n in names]
+
+    @functools.wraps(command)
+    def expanded(**values):
+        for name, (group, names) in groups.items():
+            values[name] = group(**{n: values.pop(n) for n in names})
+        return command(**values)
+
+    del expanded.__wrapped__  # Typer must read the expanded signature below, not the command's own
+    expanded.__signature__ = inspect.Signature(params)
+    expanded.__annotations__ = {p.name: p.annotation for p in params}
+    return expanded
+
+
+def _group_of(annotation) -> tuple[type | None, tuple]:
+    omitted: tuple = ()
+    if typing.get_origin(annotation) is Annotated:
+        annotation, *extras = typing.get_args(annotation)
+        omitted = tuple(name for extra in extras if isinstance(extra, Omit) for name in extra)
+    if isinstance(annotation, type) and issubclass(annotation, OptionGroup):
+        return annotation, omitted
+    return None, ()
 
 
 def sampling_values(**values) -> dict:

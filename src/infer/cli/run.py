@@ -23,29 +23,16 @@ Examples:
 """
 
 
+@o.shared_options
 def run(
     prompt: Annotated[Optional[list[str]], typer.Argument(
         help="The instruction. Piped stdin is the material: the model sees STDIN, a blank line, then the instruction.",
         show_default=False)] = None,
-    model: o.Model = None,
-    quant: o.Quant = None,
+    model_opts: o.ModelArgs = o.ModelArgs(),
     system: o.System = None,
     raw: Annotated[bool, typer.Option("--raw", help="Plain text completion: no chat template.")] = False,
-    temperature: o.Temperature = None,
-    top_p: o.TopP = None,
-    top_k: o.TopK = None,
-    min_p: o.MinP = None,
-    repeat_penalty: o.RepeatPenalty = None,
-    seed: o.Seed = None,
-    max_tokens: o.MaxTokens = None,
-    stop: o.Stop = None,
-    ctx_size: o.CtxSize = None,
-    threads: o.Threads = None,
-    gpu_layers: o.GpuLayers = None,
-    kv_type: o.KvType = "f16",
-    flash_attn: o.FlashAttn = "auto",
-    mlock: o.Mlock = False,
-    no_mmap: o.NoMmap = False,
+    sampling_opts: o.SamplingArgs = o.SamplingArgs(),
+    load_opts: o.LoadArgs = o.LoadArgs(),
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object: model, text, finish_reason, usage, timings.",
                                            rich_help_panel=o.OUTPUT)] = False,
     schema: Annotated[Optional[str], typer.Option("--schema", help="Constrain the output to this JSON schema (a file or inline JSON).",
@@ -78,13 +65,13 @@ def run(
     material = o.stdin_material()  # read after the model loads, as far as its context can hold
     if not instruction and (material is None or material.empty):
         raise UsageError("no prompt: give one as arguments or pipe text on stdin", hint='infer run "Why is the sky blue?"')
-    given = o.sampling_values(temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p,
-                              repeat_penalty=repeat_penalty, seed=seed, max_tokens=max_tokens, stop=stop)
+    given = sampling_opts.given()
+    load = None
     server = o.remote_server(host, api_key)
     if server is not None:  # a warm model on a server: nothing is loaded here
         from infer.client import model_name, read_material
 
-        name, defaults = model_name(model, quant)
+        name, defaults = model_name(model_opts.model, model_opts.quant)
         sampling = o.build_sampling(given, defaults)
         system = system if system is not None else defaults.get("system")
         text = complete.join_prompt(instruction, read_material(material, console.warn) if material else "")
@@ -97,12 +84,12 @@ def run(
     else:
         from infer.cli.progress import CliReporter
 
-        resolved = complete.prepare(model, quant=quant, reporter=CliReporter())
+        resolved = complete.prepare(model_opts.model, quant=model_opts.quant, reporter=CliReporter())
         if verbose:
             console.info(f"model: {resolved.name} ({resolved.path}) from {resolved.origin}")
         grammar = complete.grammar_for(schema_obj, json_mode=fmt is not None)
         sampling = o.build_sampling(given, resolved.defaults, grammar=grammar)
-        load = o.build_load(ctx_size, threads, gpu_layers, verbose, resolved.defaults, kv_type=kv_type, flash_attn=flash_attn, mlock=mlock, no_mmap=no_mmap)
+        load = load_opts.build(verbose, resolved.defaults)
         system = system if system is not None else resolved.defaults.get("system")
         show_where = (lambda m: console.info(f"running on: {m.where}")) if verbose or stats else (lambda m: None)
         events = complete.run(resolved, load, sampling, instruction, system=system, raw=raw, material=material,
@@ -122,10 +109,6 @@ def run(
                     sys.stdout.flush()
             else:
                 done = event
-    except BrokenPipeError:
-        from infer.cli.app import quiet_broken_pipe
-
-        quiet_broken_pipe()
     except KeyboardInterrupt:
         if stream and chunks and not chunks[-1].endswith("\n"):
             sys.stdout.write("\n")
@@ -141,7 +124,7 @@ def run(
         console.warn("the output stopped at the token limit, so the JSON is incomplete: raise --max-tokens")
     if stats and done is not None:
         console.info(render.stats_line(done))
-    if verbose and done is not None:
+    if verbose and done is not None and load is not None:
         from infer import hardware
 
         console.info(f"threads: {hardware.threads_note(load.n_threads)}")

@@ -6,10 +6,14 @@ one. Here the partial file has a stable name (blobs/<sha256>.incomplete) that su
 kill -9 and server restarts; the next attempt sends `Range: bytes=<have>-`. Bytes are hashed
 as they arrive (the existing part is re-hashed once on resume), and the file is moved into
 place only after its sha256 matches.
+
+Local file errors (no space, read-only store, permission denied) become DiskError at once:
+they are never retried and never reported as network errors.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import socket
@@ -21,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from infer.errors import AuthError, ModelNotFound, NetworkError, VerifyError
+from infer.errors import AuthError, ModelNotFound, NetworkError, VerifyError, disk_error
 
 CHUNK = 1 << 20
 Progress = Callable[[int], None]  # called with the number of new bytes
@@ -60,6 +64,15 @@ class _Retryable(Exception):
     pass
 
 
+@contextlib.contextmanager
+def _disk(doing: str, path: Path):
+    """Around local file operations only: an OSError here is the disk's, not the network's."""
+    try:
+        yield
+    except OSError as e:
+        raise disk_error(e, doing, path) from e
+
+
 def _open(url: str, headers: dict, offset: int, policy: Policy):
     req = urllib.request.Request(url, headers=dict(headers))
     if offset:
@@ -85,11 +98,13 @@ def fetch(url: str, partial: Path, dest: Path, *, sha256: str, size: int | None,
     """Download `url` into `dest`, resuming `partial`; verify sha256 (and size) before the atomic rename."""
     policy = policy or policy_from_env()
     headers = {"User-Agent": "infer", "Accept-Encoding": "identity", **(headers or {})}
-    partial.parent.mkdir(parents=True, exist_ok=True)
+    with _disk("create", partial.parent):
+        partial.parent.mkdir(parents=True, exist_ok=True)
     digest = hashlib.sha256()
     have = _rehash(partial, digest, progress)
     if size is not None and have > size:  # not ours, or the file changed upstream: start over
-        partial.unlink()
+        with _disk("delete", partial):
+            partial.unlink()
         digest, have = hashlib.sha256(), 0
     attempt, received_any = 0, False
     while True:
@@ -97,8 +112,7 @@ def fetch(url: str, partial: Path, dest: Path, *, sha256: str, size: int | None,
             have, digest = _transfer(url, partial, headers, have, digest, size, progress, policy)
             break
         except (_Retryable, TimeoutError, socket.timeout, ConnectionError, urllib.error.URLError, OSError) as e:
-            if isinstance(e, OSError) and e.errno in (28,):  # ENOSPC: retrying cannot help
-                raise
+            # Local file errors never get here: _disk turned them into DiskError, which is not retried.
             reason = _describe(e)
             made_progress = partial.exists() and partial.stat().st_size > 0
             received_any = received_any or made_progress
@@ -117,22 +131,26 @@ def fetch(url: str, partial: Path, dest: Path, *, sha256: str, size: int | None,
             have = _rehash(partial, digest, None)
     actual = digest.hexdigest()
     if size is not None and have != size:
-        partial.unlink(missing_ok=True)
+        with _disk("delete", partial):
+            partial.unlink(missing_ok=True)
         raise VerifyError(f"{dest.name}: got {have} bytes, expected {size}", hint="pull again")
     if actual != sha256:
-        partial.unlink(missing_ok=True)
+        with _disk("delete", partial):
+            partial.unlink(missing_ok=True)
         raise VerifyError(f"{dest.name}: sha256 mismatch (got {actual[:12]}…, expected {sha256[:12]}…); "
                           "the damaged download was deleted", hint="pull again; if it repeats, the source is corrupt")
-    with open(partial, "rb+") as f:
-        os.fsync(f.fileno())
-    os.replace(partial, dest)
+    with _disk("write", partial):
+        with open(partial, "rb+") as f:
+            os.fsync(f.fileno())
+    with _disk("move into place", dest):
+        os.replace(partial, dest)
 
 
 def _rehash(partial: Path, digest, progress: Progress | None) -> int:
     if not partial.exists():
         return 0
     have = 0
-    with partial.open("rb") as f:
+    with _disk("read", partial), partial.open("rb") as f:
         while block := f.read(CHUNK):
             digest.update(block)
             have += len(block)
@@ -149,17 +167,21 @@ def _transfer(url, partial, headers, have, digest, size, progress, policy):
         return have, digest
     with resp:
         if have and resp.status != 206:  # the server ignored Range: start again from zero
-            partial.unlink(missing_ok=True)
+            with _disk("delete", partial):
+                partial.unlink(missing_ok=True)
             digest, have = hashlib.sha256(), 0
             if progress:
                 progress(-1)  # tell the view to reset
         _set_stall_timeout(resp, policy.stall_timeout)
-        with open(partial, "ab") as out:
+        with _disk("write", partial):
+            out = open(partial, "ab", buffering=0)  # unbuffered: a full disk fails the write, not a later close
+        with out:
             while True:
                 block = resp.read1(CHUNK)  # what has arrived: a stall loses no received byte
                 if not block:
                     break
-                out.write(block)
+                with _disk("write", partial):
+                    _write_all(out, block)
                 digest.update(block)
                 have += len(block)
                 if progress:
@@ -169,6 +191,12 @@ def _transfer(url, partial, headers, have, digest, size, progress, policy):
     if size is not None and have < size:
         raise _Retryable(f"connection closed at {have} of {size} bytes")
     return have, digest
+
+
+def _write_all(out, block: bytes) -> None:
+    view = memoryview(block)
+    while view:
+        view = view[out.write(view):]
 
 
 def _set_stall_timeout(resp, seconds: float) -> None:
