@@ -17,6 +17,7 @@ class ExitCode(IntEnum):
     VERIFY = 7
     NO_SPACE = 8
     AUTH = 9
+    PARTIAL = 10
     INTERRUPTED = 130
 
 
@@ -31,6 +32,7 @@ EXIT_CODE_DOCS: dict[ExitCode, str] = {
     ExitCode.VERIFY: "checksum mismatch: downloaded or stored bytes are not the expected ones",
     ExitCode.NO_SPACE: "not enough disk space or memory",
     ExitCode.AUTH: "gated or private repo: authentication required",
+    ExitCode.PARTIAL: "batch finished, but some lines failed: their error lines are in the output",
     ExitCode.INTERRUPTED: "interrupted (Ctrl-C)",
 }
 
@@ -74,3 +76,7 @@ class NoSpace(InferError):
 
 class AuthError(InferError):
     exit_code = ExitCode.AUTH
+
+
+class PartialFailure(InferError):
+    exit_code = ExitCode.PARTIAL

@@ -68,11 +68,12 @@ def completion(shell: Annotated[str, typer.Argument(help="bash, zsh or fish.", s
 
 
 def _register() -> None:
-    from infer.cli import bench, chat, doctor, models, run
+    from infer.cli import batch, bench, chat, doctor, models, run
 
     commands = [
         ("run", run.run, run.EPILOG),
         ("chat", chat.chat, chat.EPILOG),
+        ("batch", batch.batch, batch.EPILOG),
         ("pull", models.pull, models.PULL_EPILOG),
         ("list", models.list_models, examples("infer list", "infer list --json | jq '.models[].name'")),
         ("show", models.show, examples("infer show smollm2", "infer show smollm2 --template",
