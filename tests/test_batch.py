@@ -100,6 +100,24 @@ def test_an_overlong_line_is_skipped_not_loaded(tmp_path, monkeypatch):
     assert json.loads(lines[2][1]) == {"prompt": "after"}
 
 
+def test_a_large_input_is_streamed_not_loaded(tmp_path):
+    import tracemalloc
+
+    path = tmp_path / "big.jsonl"
+    line = json.dumps({"prompt": "x" * (1 << 20)}) + "\n"  # 1 MiB lines, 32 MiB in all
+    with open(path, "w") as f:
+        for _ in range(32):
+            f.write(line)
+    tracemalloc.start()
+    try:
+        assert core.scan(path).requests == 32
+        assert sum(1 for _ in core.jobs(path, core.Existing())) == 32
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 12 << 20, peak
+
+
 # -- seeds --------------------------------------------------------------------------------------
 def test_derived_seeds_depend_on_the_base_and_the_id_only():
     assert core.derive_seed(None, "a") is None
@@ -300,6 +318,12 @@ model = pytest.mark.model
 LIMIT = ["-n", "8", "--ctx-size", "256"]
 
 
+def on(smollm2) -> tuple:
+    """The model, on one thread: the tests share small machines with other work, where llama.cpp's
+    threads wait for each other (spinning) whenever one of them is descheduled."""
+    return ("-m", smollm2.path, "-t", "1")
+
+
 def mixed_rows() -> tuple[list, dict]:
     """30 lines: both forms, both urls, and bad lines mixed in; the expected error code per id (None: ok)."""
     items = [(full(f"chat-{i}", messages=[{"role": "user", "content": f"Say a word about {i}."}]), None)
@@ -347,7 +371,7 @@ def check_shape(line: dict) -> None:
 def test_mixed_batch_every_id_once_errors_where_expected(infer, smollm2, tmp_path):
     rows, expect = mixed_rows()
     src, out = jsonl(tmp_path / "in.jsonl", rows), tmp_path / "out.jsonl"
-    proc = infer("batch", src, "-o", out, "-m", smollm2.path, "--parallel", "4", "--seed", "1", *LIMIT, "--json")
+    proc = infer("batch", src, "-o", out, *on(smollm2), "--parallel", "4", "--seed", "1", *LIMIT, "--json")
     assert proc.returncode == 10, proc.stderr  # some lines failed
     lines = read_out(out)
     assert sorted(line["custom_id"] for line in lines) == sorted(expect)
@@ -359,7 +383,7 @@ def test_mixed_batch_every_id_once_errors_where_expected(infer, smollm2, tmp_pat
     assert summary["completion_tokens"] == sum(
         line["response"]["body"]["usage"]["completion_tokens"] for line in lines if line["response"])
     assert "24 ok · 6 failed" in proc.stderr and "6 of 30 lines failed" in proc.stderr
-    rerun = infer("batch", src, "-o", out, "-m", smollm2.path, "--parallel", "4", *LIMIT)
+    rerun = infer("batch", src, "-o", out, *on(smollm2), "--parallel", "4", *LIMIT)
     assert rerun.returncode == 10 and "30 from an earlier run" in rerun.stderr
     assert len(read_out(out)) == 30
 
@@ -369,9 +393,10 @@ def test_mixed_batch_every_id_once_errors_where_expected(infer, smollm2, tmp_pat
 def test_parallel_counts_complete(infer, smollm2, tmp_path, parallel):
     rows = [{"prompt": f"Count to {i}.", "custom_id": f"q{i}"} for i in range(9)]
     src, out = jsonl(tmp_path / "in.jsonl", rows), tmp_path / "out.jsonl"
-    proc = infer("batch", src, "-o", out, "-m", smollm2.path, "--parallel", parallel, *LIMIT)
+    proc = infer("batch", src, "-o", out, *on(smollm2), "--parallel", parallel, *LIMIT)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == ""  # results go to the file; the summary to stderr
+    assert "\x1b[" not in proc.stderr and proc.stderr.count("\n") == 1  # off a terminal: no bar, one line
     lines = read_out(out)
     assert sorted(line["custom_id"] for line in lines) == sorted(r["custom_id"] for r in rows)
     for line in lines:
@@ -386,7 +411,7 @@ def test_same_seed_same_lines_at_parallel_1(infer, smollm2, tmp_path):
 
     def answers(name: str, seed: str) -> dict:
         out = tmp_path / name
-        proc = infer("batch", src, "-o", out, "-m", smollm2.path, "--parallel", "1", "--seed", seed, "-n", "16")
+        proc = infer("batch", src, "-o", out, *on(smollm2), "--parallel", "1", "--seed", seed, "-n", "16")
         assert proc.returncode == 0, proc.stderr
         return {r["custom_id"]: r["response"]["body"]["choices"][0]["message"]["content"] for r in read_out(out)}
 
@@ -397,11 +422,11 @@ def test_same_seed_same_lines_at_parallel_1(infer, smollm2, tmp_path):
 
 def slow_rows(n: int) -> list:
     # counting goes on for thousands of tokens: each line takes long enough to kill the run mid-way
-    return [{"prompt": "1, 2, 3, 4, 5,", "raw": True, "custom_id": f"c{i}", "max_tokens": 60, "temperature": 0}
+    return [{"prompt": "1, 2, 3, 4, 5,", "raw": True, "custom_id": f"c{i}", "max_tokens": 40, "temperature": 0}
             for i in range(n)]
 
 
-def wait_for_lines(path: Path, n: int, proc, timeout: float = 120) -> None:
+def wait_for_lines(path: Path, n: int, proc, timeout: float = 600) -> None:
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         if path.exists() and path.read_bytes().count(b"\n") >= n:
@@ -414,9 +439,9 @@ def wait_for_lines(path: Path, n: int, proc, timeout: float = 120) -> None:
 
 @model
 def test_kill_9_then_rerun_gives_every_line_once(infer, smollm2, tmp_path):
-    rows = slow_rows(24)
+    rows = slow_rows(12)
     src, out = jsonl(tmp_path / "in.jsonl", rows), tmp_path / "out.jsonl"
-    args = ("batch", src, "-o", out, "-m", smollm2.path, "--parallel", "2", "--ctx-size", "128")
+    args = ("batch", src, "-o", out, *on(smollm2), "--parallel", "2", "--ctx-size", "128")
     p = infer.popen(*args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     wait_for_lines(out, 1, p)
     p.kill()
@@ -424,7 +449,7 @@ def test_kill_9_then_rerun_gives_every_line_once(infer, smollm2, tmp_path):
     before = out.read_bytes()
     assert p.returncode == -signal.SIGKILL
     assert before.count(b"\n") < len(rows), "the run finished before the kill: make the lines longer"
-    proc = infer(*args)
+    proc = infer(*args, timeout=900)
     assert proc.returncode == 0, proc.stderr
     lines = read_out(out)
     assert sorted(line["custom_id"] for line in lines) == sorted(r["custom_id"] for r in rows)
@@ -435,9 +460,9 @@ def test_kill_9_then_rerun_gives_every_line_once(infer, smollm2, tmp_path):
 
 @model
 def test_ctrl_c_stops_cleanly_and_a_rerun_resumes(infer, smollm2, tmp_path):
-    rows = slow_rows(24)
+    rows = slow_rows(12)
     src, out = jsonl(tmp_path / "in.jsonl", rows), tmp_path / "out.jsonl"
-    args = ("batch", src, "-o", out, "-m", smollm2.path, "--parallel", "2", "--ctx-size", "128")
+    args = ("batch", src, "-o", out, *on(smollm2), "--parallel", "2", "--ctx-size", "128")
     p = infer.popen(*args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     wait_for_lines(out, 1, p)
     p.send_signal(signal.SIGINT)
@@ -447,7 +472,7 @@ def test_ctrl_c_stops_cleanly_and_a_rerun_resumes(infer, smollm2, tmp_path):
     assert stdout == b""
     partial = read_out(out)  # whole lines only
     assert 1 <= len(partial) < len(rows)
-    proc = infer(*args, "--json")
+    proc = infer(*args, "--json", timeout=900)
     assert proc.returncode == 0, proc.stderr
     summary = json.loads(proc.stdout)
     assert summary["done_before"] == len(partial) and summary["ok"] == len(rows)
@@ -458,7 +483,7 @@ def test_ctrl_c_stops_cleanly_and_a_rerun_resumes(infer, smollm2, tmp_path):
 def test_empty_input_is_a_finished_batch(infer, smollm2, tmp_path):
     src, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
     src.write_bytes(b"")
-    proc = infer("batch", src, "-o", out, "-m", smollm2.path, "--json")
+    proc = infer("batch", src, "-o", out, *on(smollm2), "--json")
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["requests"] == 0
     assert out.read_bytes() == b""
@@ -466,7 +491,7 @@ def test_empty_input_is_a_finished_batch(infer, smollm2, tmp_path):
 
 @model
 def test_stdin_input_and_stdout_output(infer, smollm2):
-    proc = infer("batch", "-", "-m", smollm2.path, *LIMIT, input='{"prompt": "Hi"}\n\n{"messages": [{"role": "user", '
+    proc = infer("batch", "-", *on(smollm2), *LIMIT, input='{"prompt": "Hi"}\n\n{"messages": [{"role": "user", '
                                                                  '"content": "Yo"}]}\n')
     assert proc.returncode == 0, proc.stderr
     lines = [json.loads(line) for line in proc.stdout.splitlines()]
@@ -477,7 +502,7 @@ def test_stdin_input_and_stdout_output(infer, smollm2):
 def test_duplicate_ids_are_refused_before_any_work(infer, smollm2, tmp_path):
     src = jsonl(tmp_path / "in.jsonl", [{"prompt": "a", "custom_id": "x"}, {"prompt": "b", "custom_id": "x"}])
     out = tmp_path / "out.jsonl"
-    proc = infer("batch", src, "-o", out, "-m", smollm2.path)
+    proc = infer("batch", src, "-o", out, *on(smollm2))
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and "'x'" in proc.stderr and "lines 1 and 2" in proc.stderr
     assert not out.exists()
@@ -487,12 +512,12 @@ def test_duplicate_ids_are_refused_before_any_work(infer, smollm2, tmp_path):
 def test_output_from_another_input_is_refused_unless_forced(infer, smollm2, tmp_path):
     out = tmp_path / "out.jsonl"
     first = jsonl(tmp_path / "a.jsonl", [{"prompt": "a"}])
-    assert infer("batch", first, "-o", out, "-m", smollm2.path, *LIMIT).returncode == 0
+    assert infer("batch", first, "-o", out, *on(smollm2), *LIMIT).returncode == 0
     second = jsonl(tmp_path / "b.jsonl", [{"prompt": "b"}, {"prompt": "c"}])
-    proc = infer("batch", second, "-o", out, "-m", smollm2.path, *LIMIT)
+    proc = infer("batch", second, "-o", out, *on(smollm2), *LIMIT)
     assert proc.returncode == 2 and "another input" in proc.stderr and "--force" in proc.stderr
     assert len(read_out(out)) == 1
-    assert infer("batch", second, "-o", out, "-m", smollm2.path, *LIMIT, "--force").returncode == 0
+    assert infer("batch", second, "-o", out, *on(smollm2), *LIMIT, "--force").returncode == 0
     assert sorted(r["custom_id"] for r in read_out(out)) == ["line-1", "line-2"]
 
 
@@ -512,9 +537,26 @@ def test_output_in_a_read_only_directory(infer, smollm2, tmp_path):
     src = jsonl(tmp_path / "in.jsonl", [{"prompt": "a"}])
     undo = read_only_dir(tmp_path / "ro")
     try:
-        proc = infer("batch", src, "-o", tmp_path / "ro" / "out.jsonl", "-m", smollm2.path)
+        proc = infer("batch", src, "-o", tmp_path / "ro" / "out.jsonl", *on(smollm2))
     finally:
         undo()
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and "cannot write" in proc.stderr
     assert list((tmp_path / "ro").iterdir()) == []
+
+
+@model
+def test_progress_bar_on_a_terminal(infer, smollm2, tmp_path):
+    import pexpect
+
+    from conftest import infer_bin
+
+    src, out = jsonl(tmp_path / "in.jsonl", slow_rows(6)), tmp_path / "out.jsonl"
+    child = pexpect.spawn(infer_bin(), ["batch", str(src), "-o", str(out), *map(str, on(smollm2)), "--parallel", "2",
+                                        "--ctx-size", "128"], env=infer.env, encoding="utf-8", timeout=300,
+                          dimensions=(40, 120))
+    child.expect(r"/6\s+[\d.]+ tok/s")  # the bar: lines done/total, then the aggregate speed
+    child.expect(r"batch done: 6/6 lines")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0

@@ -76,6 +76,8 @@ def batch(
         if src.is_dir():
             raise UsageError(f"{src} is a directory, not a JSONL file")
         out = None if to_stdout else Path(output) if output else src.with_name(src.stem + ".output.jsonl")
+        if out is not None and out.is_dir():
+            raise UsageError(f"{out} is a directory", hint="give -o a file name")
         if out is not None and src.exists() and out.exists() and out.resolve() == src.resolve():
             raise UsageError("the output file is the input file", hint="give another -o")
         scan = core.scan(src)  # duplicate custom_ids are refused here, before anything else
@@ -85,6 +87,7 @@ def batch(
         if existing.repaired:
             console.warn(f"{out}: cut a torn last line ({existing.repaired} bytes) left by an interrupted run")
         per_seq = ctx_size or resolved.defaults.get("ctx_size") or DEFAULT_CTX
+        parallel = max(1, min(parallel, scan.requests - existing.done))  # no KV cells for sequences never used
         load = o.build_load(per_seq * parallel, threads, gpu_layers, verbose, resolved.defaults, kv_type=kv_type,
                             flash_attn=flash_attn, mlock=mlock, no_mmap=no_mmap)
         writer = core.Writer(out)
