@@ -4,6 +4,8 @@
 #            a synthetic Llama-3.2-1B-shaped GGUF quantized to Q4_K_M
 #   measure: infer doctor, infer run with offload, the GPU-marked tests, infer bench vs llama-bench,
 #            streaming generation vs llama-completion
+#   throughput: continuous batching (benchmarks/throughput.py) at 1, 16, 64 sequences against
+#            llama-batched-bench and llama-server -np N
 # Inputs in .device-in/ (sdist trimmed of docs/media/.git/tools/ui, wheels the machine lacks, the
 # vocab-only GGUF); outputs in .device-out/ (kept between calls on the same machine).
 set -euo pipefail
@@ -17,7 +19,7 @@ RESULTS=${OUT:-$OUT_DIR}
 build() {
   # A wheel, then `pip install --target --upgrade --force-reinstall`: installing the sdist straight into
   # --target left bare llama_cpp/, gguf/ and platformdirs/ folders behind (pip skips existing folders).
-  CMAKE_ARGS="-DGGML_CUDA=on -DCMAKE_CUDA_ARCHITECTURES=90 -DLLAMA_BUILD_TOOLS=ON -DLLAMA_BUILD_SERVER=OFF -DLLAVA_BUILD=OFF" \
+  CMAKE_ARGS="-DGGML_CUDA=on -DCMAKE_CUDA_ARCHITECTURES=90 -DLLAMA_BUILD_TOOLS=ON -DLLAMA_BUILD_SERVER=ON -DLLAMA_BUILD_UI=OFF -DLLAMA_USE_PREBUILT_UI=OFF -DLLAVA_BUILD=OFF" \
   CMAKE_BUILD_PARALLEL_LEVEL=16 python3 -m pip wheel -q --no-build-isolation --no-index --no-deps -w "$OUT_DIR/wheels" \
     --config-settings=build-dir="$OUT_DIR/build" "$IN"/llama_cpp_python-*.tar.gz
   python3 -m pip install -q --no-index --no-deps --upgrade --force-reinstall --target "$OUT_DIR/site" \
@@ -76,4 +78,10 @@ print(json.dumps(out, indent=2))
 PY
 }
 
-"${1:-measure}"
+throughput() {
+  python3 benchmarks/throughput.py -m "$MODEL" --ngl 99 --parallel 1 16 64 --requests 64 -p 128 -n 128 \
+    --bin "$OUT_DIR/build/bin" --rounds "${ROUNDS:-2}" 2>&1 | tee "$RESULTS/throughput.txt"
+  cp benchmarks/results/throughput.json "$RESULTS/" 2>/dev/null || true
+}
+
+for phase in "${@:-measure}"; do "$phase"; done

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from infer.cli.options import _check_schema, join_prompt
+from infer.cli.options import _check_schema
+from infer.complete import join_prompt
 from infer.engine import StopMatcher
 from infer.errors import UsageError
 
@@ -28,10 +29,10 @@ def test_stop_split_across_pieces():
 
 
 def test_prompt_joining():
-    assert join_prompt(["summarize"], "text here\n") == "text here\n\nsummarize"
-    assert join_prompt(["a", "b"], "") == "a b"
-    assert join_prompt([], "only stdin\n") == "only stdin"
-    assert join_prompt([], "  \n") == ""
+    assert join_prompt("summarize", "text here\n") == "text here\n\nsummarize"
+    assert join_prompt("a b", "") == "a b"
+    assert join_prompt("", "only stdin\n") == "only stdin"
+    assert join_prompt("", "  \n") == ""
 
 
 @pytest.mark.parametrize("schema", [{"type": "nope"}, {"properties": []}, {"required": "x"},

@@ -38,7 +38,6 @@ def test_split_and_projector():
     files = listing("m-Q4_K_M-00002-of-00002.gguf", "m-Q4_K_M-00001-of-00002.gguf", "mmproj-m-f16.gguf", "m-Q8_0.gguf")
     chosen = pick(files)
     assert [f.name for f in chosen] == ["m-Q4_K_M-00001-of-00002.gguf", "m-Q4_K_M-00002-of-00002.gguf"]
-    assert pick(files, mmproj=True)[-1].name == "mmproj-m-f16.gguf"
     with pytest.raises(ModelNotFound):
         pick(listing("m-Q4_K_M-00001-of-00003.gguf", "m-Q4_K_M-00002-of-00003.gguf"))
 

@@ -48,7 +48,7 @@ def run(path: Path, name: str, options: LoadOptions, pp_sizes: list[int], tg: in
     for _ in range(repeat):
         t0 = time.perf_counter()
         m = Model(path, options)
-        m.ensure_ctx(n_ctx)
+        m.scheduler(1, n_ctx)
         loads.append(time.perf_counter() - t0)
         m.close()
     model = Model(path, options)

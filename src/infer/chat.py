@@ -82,26 +82,30 @@ class Chat:
         return len(turns[-1])
 
     def _answer(self) -> Iterator[Text | Done | TurnInfo]:
-        kept, dropped = fit_history(self.conv, self.count, self.n_ctx, self.reserve())
-        yield TurnInfo(dropped=dropped)
-        _, tokens = self.model.format_chat(self.conv.chat_messages(kept))
-        sampling = self.sampling()
-        sampling = replace(sampling, max_tokens=min(sampling.max_tokens or self.n_ctx, self.n_ctx - len(tokens)))
         chunks: list[str] = []
+        done = None
         try:
+            kept, dropped = fit_history(self.conv, self.count, self.n_ctx, self.reserve())
+            yield TurnInfo(dropped=dropped)
+            _, tokens = self.model.format_chat(self.conv.chat_messages(kept))
+            sampling = self.sampling()
+            sampling = replace(sampling, max_tokens=min(sampling.max_tokens or self.n_ctx, self.n_ctx - len(tokens)))
             for event in self.model.generate(tokens, sampling):
                 if isinstance(event, Text):
                     chunks.append(event.text)
                 else:
-                    self.last = event
+                    done = event
                 yield event
         except (KeyboardInterrupt, GeneratorExit):
-            # Ctrl-C inside generation, or in the view that consumes it (which closes this generator):
-            # either way the partial answer stays in the history, marked.
-            self.conv.messages.append(Message("assistant", "".join(chunks), interrupted=True))
-            self.save()
+            # Ctrl-C, or the view that consumes this closed it: the partial answer (maybe empty) stays in the
+            # history, marked, so the conversation keeps its user/assistant turns.
+            self._keep("".join(chunks), interrupted=True)
             raise
-        self.conv.messages.append(Message("assistant", "".join(chunks)))
+        self.last = done
+        self._keep("".join(chunks), interrupted=done is not None and done.finish_reason == "cancelled")
+
+    def _keep(self, text: str, interrupted: bool) -> None:
+        self.conv.messages.append(Message("assistant", text, interrupted=interrupted))
         self.save()
 
     def save(self, path: Path | None = None) -> Path:

@@ -4,14 +4,17 @@ The CLI's `run` is a thin adapter over this module (and `chat` reuses its pieces
 
 from __future__ import annotations
 
+import codecs
 from dataclasses import replace
-from typing import Callable, Iterator
+from typing import BinaryIO, Callable, Iterator
 
 from infer import resolve
 from infer.engine import Done, LoadOptions, Model, Sampling, Text, json_grammar
-from infer.errors import BadModel, NoSpace
+from infer.errors import BadModel, ContextOverflow, NoSpace, UsageError
 
-__all__ = ["prepare", "grammar_for", "run", "Text", "Done"]
+__all__ = ["prepare", "grammar_for", "run", "Text", "Done", "Material", "join_prompt", "read_bounded"]
+
+READ_CHUNK = 64 * 1024  # bytes of piped input read (and tokenized) at a time
 
 
 def prepare(model: str | None, *, quant: str | None = None, reporter=None) -> resolve.Resolved:
@@ -96,17 +99,175 @@ def load(resolved: resolve.Resolved, options: LoadOptions, notice: Callable[[str
     return model
 
 
+def join_prompt(instruction: str, material: str) -> str:
+    """The documented joining: piped material first, then a blank line, then the instruction."""
+    instruction = instruction.strip()
+    material = material.strip("\n")
+    if material.strip() and instruction:
+        return f"{material}\n\n{instruction}"
+    return instruction or (material if material.strip() else "")
+
+
+class Material:
+    """Piped input, read lazily: only its first chunk before the model is loaded (to know whether
+    there is any), the rest in chunks once the model's tokenizer can count it (`read_bounded`)."""
+
+    def __init__(self, stream: BinaryIO | None, chunk: int = READ_CHUNK):
+        self.stream = stream
+        self.chunk = chunk
+        self.head = stream.read(chunk) if stream is not None else b""
+        self.eof = len(self.head) < chunk  # a buffered read returns less only at the end
+
+    @property
+    def empty(self) -> bool:
+        """Nothing but whitespace so far and nothing more to come."""
+        return self.eof and not self.head.strip()
+
+    def chunks(self) -> Iterator[bytes]:
+        if self.head:
+            yield self.head
+        try:
+            while self.stream is not None and (data := self.stream.read(self.chunk)):
+                yield data
+        except OSError as e:  # never answer a prompt that silently lost its end
+            raise UsageError(f"cannot read stdin: {e.strerror or e}") from e
+
+
+class _Undecodable:
+    """A codecs error handler that replaces like 'replace' and counts what it replaced."""
+
+    def __init__(self):
+        self.count = 0
+        self.name = f"infer-count-{id(self)}"
+        codecs.register_error(self.name, self)
+
+    def __call__(self, err: UnicodeDecodeError):
+        self.count += 1
+        return "\ufffd", err.end
+
+
+def _split_point(text: str) -> int:
+    """Where to cut text so that counting the two sides apart is (nearly) counting it whole:
+    after the last newline, else the last space; 0 (keep it all for later) when neither."""
+    cut = text.rfind("\n") + 1
+    return cut or text.rfind(" ") + 1
+
+
+def read_bounded(material: Material, count: Callable[[str], int], limit: int,
+                 notice: Callable[[str], None] = lambda m: None) -> str:
+    """Read the material chunk by chunk, counting its tokens as it comes, and stop (InputTooLong) as
+    soon as it is more than `limit` tokens; never more than about one chunk is read past the limit.
+
+    Chunks are cut at line (or word) ends so the tokenizer sees whole words. The sum of the pieces'
+    counts is close to the count of the whole, but not equal (a piece may gain a prefix token, or
+    miss a merge across the cut): it only decides when to look; the verdict is always one exact
+    count of everything read, so an input that fits is never refused, nor one that does not let by."""
+    handler = _Undecodable()
+    decoder = codecs.getincrementaldecoder("utf-8")(handler.name)
+    parts: list[str] = []
+    pending = ""  # decoded, not yet counted: the tail after the last cut
+    counted = 0
+    for data in material.chunks():
+        text = pending + decoder.decode(data)
+        cut = _split_point(text)
+        if not cut and len(text) > 4 * material.chunk:  # one endless line: cut it anyway, to stay bounded
+            cut = len(text)
+        pending = text[cut:]
+        if cut:
+            parts.append(text[:cut])
+            counted += count(text[:cut])
+        if counted > limit:
+            counted = count("".join(parts))  # the exact count, once the estimate says too many
+            if counted > limit:
+                raise InputTooLong(counted, limit)
+    text = "".join(parts) + pending + decoder.decode(b"", final=True)
+    if (exact := count(text)) > limit:
+        raise InputTooLong(exact, limit)
+    if handler.count:
+        notice(f"stdin is not valid UTF-8: {handler.count} undecodable byte sequence(s) replaced")
+    return text
+
+
+class InputTooLong(Exception):
+    """Raised by read_bounded; `run` turns it into a ContextOverflow that says what helps."""
+
+    def __init__(self, at_least: int, limit: int):
+        super().__init__(f"at least {at_least} tokens against a limit of {limit}")
+        self.at_least = at_least
+        self.limit = limit
+
+
+UNKNOWN_TRAINED_CTX = 1 << 17  # a model that does not say its trained context: read at most this much
+
+
+def context_limit(model: Model, options: LoadOptions) -> int:
+    """The largest context this run may have: --ctx-size when given, else the model's trained one."""
+    if options.n_ctx:
+        return options.n_ctx
+    return model.n_ctx_train if model.n_ctx_train > 0 else UNKNOWN_TRAINED_CTX
+
+
+def overflow_hint(model: Model, options: LoadOptions, n_prompt: int, max_tokens: int | None) -> str:
+    """What actually helps when the prompt (at least n_prompt tokens) and the answer do not fit:
+    a larger --ctx-size only where the model allows one."""
+    trained = model.n_ctx_train
+    ctx = context_limit(model, options)
+    need = n_prompt + (max_tokens or 1)
+    lower_n = f"lower --max-tokens to at most {ctx - n_prompt}" if max_tokens and n_prompt < ctx else ""
+    if options.n_ctx and need <= trained:
+        return f"raise --ctx-size to at least {need}: this model allows up to {trained}" + (
+            f", or {lower_n}" if lower_n else "")
+    most = f": this model's context is {trained} tokens at most" if 0 < trained and ctx <= trained else ""
+    return (f"{lower_n}, or " if lower_n else "") + \
+        f"split or shorten the input, or use a model with a longer context{most}"
+
+
+def check_fits(model: Model, options: LoadOptions, n_prompt: int, max_tokens: int | None) -> None:
+    ctx = context_limit(model, options)
+    if n_prompt + (max_tokens or 1) > ctx:
+        raise ContextOverflow(f"the prompt is {n_prompt} tokens and {max_tokens or 1} more were asked for, "
+                              f"but the context holds {ctx}", hint=overflow_hint(model, options, n_prompt, max_tokens))
+
+
 def run(resolved: resolve.Resolved, options: LoadOptions, sampling: Sampling, prompt: str, *, system: str | None = None,
-        raw: bool = False, notice: Callable[[str], None] = lambda m: None,
+        raw: bool = False, material: Material | None = None, notice: Callable[[str], None] = lambda m: None,
         on_load: Callable[[Model], None] = lambda m: None) -> Iterator[Text | Done]:
+    """Load the model, then read the piped material (bounded by what the context can hold), then stream
+    the answer to the material joined with the instruction `prompt`."""
     model = load(resolved, options, notice)
     on_load(model)
     try:
+        if material is not None:
+            prompt = join_prompt(prompt, _read_material(model, options, sampling, material, prompt, system, notice))
+        if not prompt.strip():
+            raise UsageError("no prompt: give one as arguments or pipe text on stdin", hint='infer run "Why is the sky blue?"')
         if raw:
             tokens = model.tokenize(prompt)
         else:
+            if not model.chat_template:
+                notice("this model has no chat template: using a generic ChatML template "
+                       "(--raw sends the prompt as plain text)")
             messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
             _, tokens = model.format_chat(messages)
+        check_fits(model, options, len(tokens), sampling.max_tokens)
         yield from model.generate(tokens, sampling)
     finally:
         model.close()
+
+
+def _read_material(model: Model, options: LoadOptions, sampling: Sampling, material: Material, instruction: str,
+                   system: str | None, notice: Callable[[str], None]) -> str:
+    """The piped text, read only as far as it can fit beside the instruction, system prompt and answer."""
+    count = lambda text: len(model.tokenize(text, add_bos=False, special=True))  # noqa: E731
+    room = sampling.max_tokens or 1
+    beside = count(instruction) + (count(system) if system else 0)
+    ctx = context_limit(model, options)
+    limit = max(0, ctx - room - beside)
+    try:
+        text = read_bounded(material, count, limit, notice)
+    except InputTooLong as e:
+        less = " and ".join(f"{n} for {w}" for n, w in ((room, "the answer"), (beside, "the instruction")) if n)
+        raise ContextOverflow(f"the input is at least {e.at_least} tokens against a limit of {e.limit} "
+                              f"(the {ctx}-token context less {less})",
+                              hint=overflow_hint(model, options, e.at_least + beside, sampling.max_tokens)) from None
+    return text

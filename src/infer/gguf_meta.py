@@ -53,7 +53,8 @@ class GGUFInfo:
     value_length: int | None = None
     chat_template: str | None = None
     license: str | None = None
-    quantization: str | None = None
+    quantization: str | None = None  # the file type when declared, else the tensor type that holds most weights
+    tensor_types: dict[str, int] = field(default_factory=dict)  # elements per tensor type, most first
     split_count: int = 1
     vocab_size: int | None = None
     extra: dict = field(default_factory=dict)
@@ -98,19 +99,28 @@ def read_info(path: Path) -> GGUFInfo:
     ftype = _scalar(reader, "general.file_type")
     if ftype is not None:
         try:
-            info.file_type = LlamaFileType(ftype).name.removeprefix("MOSTLY_")
+            info.file_type = LlamaFileType(ftype).name.removeprefix("MOSTLY_").removeprefix("ALL_")
         except ValueError:
             info.file_type = str(ftype)
     info.parameters = sum(int(t.n_elements) for t in reader.tensors)
-    info.quantization = _dominant_quant(reader)
+    info.tensor_types = _tensor_types(reader)
+    # One answer to "which quant is this": the file type the converter declared (Q4_K_M keeps some
+    # tensors in Q6_K or Q8_0, so the commonest tensor type can differ), else the commonest tensor type.
+    info.quantization = info.file_type or next(iter(info.tensor_types), None)
     return info
 
 
-def _dominant_quant(reader) -> str | None:
+def _tensor_types(reader) -> dict[str, int]:
     weight: dict[str, int] = {}
     for t in reader.tensors:
         weight[t.tensor_type.name] = weight.get(t.tensor_type.name, 0) + int(t.n_elements)
-    return max(weight, key=weight.get) if weight else None
+    return dict(sorted(weight.items(), key=lambda kv: -kv[1]))
+
+
+def tensor_mix(types: dict[str, int]) -> str:
+    """'Q4_1 79%, Q8_0 21%, F32 <1%': how the weights are stored."""
+    total = sum(types.values()) or 1
+    return ", ".join(f"{name} {share}%" if (share := round(100 * n / total)) else f"{name} <1%" for name, n in types.items())
 
 
 def human_params(n: int) -> str:

@@ -115,7 +115,7 @@ def check_runnable(t: Target, listing: hf.Listing, files: list[hf.RemoteFile]) -
     """Refuse before downloading a model this machine cannot run at all (--force pulls anyway)."""
     from infer.units import human_bytes
 
-    size = sum(f.size for f in files if "mmproj" not in f.name.lower())
+    size = sum(f.size for f in files)
     total, _free = capacity()
     if size <= total * 0.95:
         return
@@ -127,10 +127,10 @@ def check_runnable(t: Target, listing: hf.Listing, files: list[hf.RemoteFile]) -
                         if smaller else "") + "or --force to pull anyway")
 
 
-def _plan_hub(t: Target, mmproj: bool) -> tuple[hf.Listing, list[hf.RemoteFile]]:
+def _plan_hub(t: Target) -> tuple[hf.Listing, list[hf.RemoteFile]]:
     listing = hf.list_repo(t.repo, t.revision)
     budget = int(capacity()[1] * AUTO_SHARE) if t.quant == "AUTO" else None
-    files = hf.pick(listing, quant=t.quant, file=t.file, mmproj=mmproj, budget=budget)
+    files = hf.pick(listing, quant=t.quant, file=t.file, budget=budget)
     if t.entry and t.entry.sha256 and t.file and files[0].name == t.file and files[0].sha256 != t.entry.sha256:
         raise VerifyError(f"{t.repo}/{t.file} on the Hub is not the file the catalog pins (sha256 differs)",
                           hint=f"pull {t.repo}/{t.file} by its Hub name to take the new file")
@@ -144,7 +144,7 @@ def _mirror_sources(t: Target) -> list[Source]:
             for m in t.entry.mirrors]
 
 
-def pull(text: str, *, quant: str | None = None, force: bool = False, mmproj: bool = False, auto: bool = False,
+def pull(text: str, *, quant: str | None = None, force: bool = False, auto: bool = False,
          reporter: Reporter | None = None) -> Result:
     reporter = reporter or Silent()
     t = target_for(text, quant)
@@ -160,7 +160,7 @@ def pull(text: str, *, quant: str | None = None, force: bool = False, mmproj: bo
     mirrors = _mirror_sources(t)
     listing = None
     try:
-        listing, files = _plan_hub(t, mmproj)
+        listing, files = _plan_hub(t)
     except InferError as e:
         if not mirrors:
             raise
@@ -199,7 +199,7 @@ def _describe(pulled: store.Pulled) -> None:
 
     try:
         info = read_info(pulled.path)
-        parts = [read_info(Path(f.path)) for f in pulled.files[1:] if "mmproj" not in f.name.lower()]
+        parts = [read_info(Path(f.path)) for f in pulled.files[1:]]
     except BadModel:
         return
     pulled.params = info.parameters + sum(p.parameters for p in parts)  # a split model's tensors span its parts

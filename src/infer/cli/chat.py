@@ -149,28 +149,60 @@ def chat(
             session.save()
 
 
+class _Interrupts:
+    """Ctrl-C at the prompt raises KeyboardInterrupt (input() returns); at any other instant — before the
+    first token, during prefill, between tokens, while rendering or saving — it only sets a flag and cancels
+    the generation, so a turn is never cut in the middle of its bookkeeping. The turn then ends as interrupted
+    and the chat returns to the prompt."""
+
+    def __init__(self, session):
+        self.session = session
+        self.at_prompt = True
+        self.hit = False
+
+    def __call__(self, signum, frame) -> None:  # noqa: ARG002 - signal handler signature
+        if self.at_prompt:
+            raise KeyboardInterrupt
+        self.hit = True
+        self.session.model.cancel_all()
+
+    def __enter__(self):
+        import signal
+
+        self._previous = signal.signal(signal.SIGINT, self)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        import signal
+
+        signal.signal(signal.SIGINT, self._previous)
+
+
 def _interactive(session, view, *load_args) -> None:
     history = _readline_history()
     view.note(f"chatting with {session.model_name} · /help for commands · Ctrl-D or /bye to leave")
     armed = False  # Ctrl-C once at an empty prompt arms; twice leaves
-    while True:
-        try:
-            text = _read_message(input)
-        except EOFError:
-            sys.stderr.write("\n")
-            return
-        except KeyboardInterrupt:
-            if armed:
+    with _Interrupts(session) as interrupts:
+        while True:
+            try:
+                interrupts.hit, interrupts.at_prompt = False, True
+                text = _read_message(input)
+                interrupts.at_prompt = False  # from here on, Ctrl-C cancels this turn only
+            except EOFError:
                 sys.stderr.write("\n")
                 return
-            armed = True
-            sys.stderr.write("\n")
-            view.note("(Ctrl-C again, Ctrl-D or /bye to leave)")
-            continue
-        armed = False
-        history()
-        if not _handle(session, view, text, load_args):
-            return
+            except KeyboardInterrupt:  # at the prompt (or before the message was taken: it is dropped)
+                if armed:
+                    sys.stderr.write("\n")
+                    return
+                armed = True
+                sys.stderr.write("\n")
+                view.note("(Ctrl-C again, Ctrl-D or /bye to leave)")
+                continue
+            armed = False
+            history()
+            if not _handle(session, view, text, load_args, interrupts):
+                return
 
 
 def _scripted(session, view, *load_args) -> None:
@@ -187,7 +219,7 @@ def _scripted(session, view, *load_args) -> None:
             text = _read_message(next_line)
         except EOFError:
             return
-        if not _handle(session, view, text, load_args):
+        if not _handle(session, view, text, load_args, None):
             return
 
 
@@ -234,38 +266,54 @@ def _readline_history():
     return save
 
 
-def _handle(session, view, text: str, load_args) -> bool:
+def _handle(session, view, text: str, load_args, interrupts) -> bool:
     """Act on one message or command; False means leave."""
     if not text.strip():
         return True
     try:
         if text.startswith("/") and not text.startswith("//"):
-            return _command(session, view, text, load_args)
-        _turn(session, view, session.ask(text.removeprefix("/") if text.startswith("//") else text))
+            return _command(session, view, text, load_args, interrupts)
+        _turn(session, view, session.ask(text.removeprefix("/") if text.startswith("//") else text), interrupts)
     except InferError as e:
         view.error(e)
+    except KeyboardInterrupt:  # Ctrl-C while a command loads a model: the chat goes on
+        view.note("(interrupted)")
     return True
 
 
-def _turn(session, view, events) -> None:
+def _turn(session, view, events, interrupts) -> None:
     from infer.chat import TurnInfo
 
     done = None
     try:
-        for event in view.stream(events):
+        for event in view.stream(_until_interrupted(events, interrupts)):
             if isinstance(event, TurnInfo):
                 if event.dropped:
                     view.note(f"({event.dropped} oldest turn{'s' if event.dropped > 1 else ''} dropped to fit the "
                               f"{session.n_ctx}-token context)")
             elif not hasattr(event, "text"):
                 done = event
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # scripted mode keeps Python's default Ctrl-C
+        view.note("(interrupted: the partial answer is kept)")
+        return
+    if (interrupts is not None and interrupts.hit) or (done is not None and done.finish_reason == "cancelled"):
         view.note("(interrupted: the partial answer is kept)")
         return
     view.stats(done)
 
 
-def _command(session, view, text: str, load_args) -> bool:
+def _until_interrupted(events, interrupts):
+    """Pass the turn's events on; once Ctrl-C was pressed, close the turn (it keeps its partial answer)."""
+    try:
+        for event in events:
+            yield event
+            if interrupts is not None and interrupts.hit:
+                return
+    finally:
+        events.close()
+
+
+def _command(session, view, text: str, load_args, interrupts) -> bool:
     from infer import chat as core
     from infer.session import COMMANDS, Conversation, parse_command, parse_set
 
@@ -318,7 +366,7 @@ def _command(session, view, text: str, load_args) -> bool:
             line += f" · last answer: {t.ttft_s:.2f} s to first token, {t.gen_tps:.1f} tok/s"
         console.info(line)
     elif cmd.name == "/retry":
-        _turn(session, view, session.retry())
+        _turn(session, view, session.retry(), interrupts)
     elif cmd.name == "/undo":
         view.note(f"removed {session.undo()} message(s)")
     return True

@@ -31,14 +31,13 @@ def pull(
     model: ModelArg,
     quant: o.Quant = None,
     force: Annotated[bool, typer.Option("--force", "-f", help="Download and verify again even if present; pull even a model too big to run here.")] = False,
-    mmproj: Annotated[bool, typer.Option("--mmproj", help="Also pull the vision projector (mmproj), if the repo has one.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress output.")] = False,
 ) -> None:
     """Download a model once: resumable, sha256-verified, into the shared Hugging Face cache."""
     from infer import pull as core
     from infer.cli.progress import CliReporter
 
-    result = core.pull(model, quant=quant, force=force, mmproj=mmproj, reporter=CliReporter(quiet=quiet))
+    result = core.pull(model, quant=quant, force=force, reporter=CliReporter(quiet=quiet))
     p = result.pulled
     if result.already:
         msg = f"{p.name} is already pulled ({human_bytes(p.size)}); nothing to do (--force to fetch again)"
@@ -101,7 +100,7 @@ def show(
 ) -> None:
     """Show a model's GGUF metadata (no weights loaded): architecture, parameters, quant, context, template."""
     from infer import resolve, store
-    from infer.gguf_meta import human_params, read_info
+    from infer.gguf_meta import human_params, read_info, tensor_mix
 
     found = resolve.find_local(model)
     if found is None:
@@ -115,7 +114,8 @@ def show(
         return
     data = {
         "name": found.name, "path": str(found.path), "architecture": info.architecture, "model_name": info.name,
-        "parameters": info.parameters, "file_type": info.file_type, "quantization": info.quantization,
+        "parameters": info.parameters, "quantization": info.quantization, "file_type": info.file_type,
+        "tensor_types": info.tensor_types,
         "context_length": info.context_length, "layers": info.block_count, "embedding_length": info.embedding_length,
         "heads": info.head_count, "kv_heads": info.head_count_kv, "chat_template": bool(info.chat_template),
         "license": info.license, "size": found.path.stat().st_size,
@@ -130,7 +130,9 @@ def show(
     table = Table(box=None, show_header=False, pad_edge=False)
     table.add_column(style="bold")
     table.add_column()
-    pretty = dict(data, parameters=human_params(info.parameters), size=human_bytes(data["size"]),
+    pretty = dict(data, parameters=human_params(info.parameters), size=human_bytes(data["size"]), file_type=None,
+                  quantization=info.quantization if info.file_type else f"{info.quantization} (the file declares no type)",
+                  tensor_types=tensor_mix(info.tensor_types),
                   chat_template="present (--template prints it)" if info.chat_template else "none (generic ChatML used)")
     for key, value in pretty.items():
         if value not in (None, "", []):

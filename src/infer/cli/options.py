@@ -122,33 +122,21 @@ def build_load(ctx_size, threads, gpu_layers, verbose, model_defaults: dict | No
                        flash_attn=flash_attn, mlock=mlock, mmap=not no_mmap)
 
 
-def read_stdin() -> str:
-    """Piped stdin as text; bytes that are not UTF-8 are replaced, with a warning."""
+def stdin_material():
+    """Piped stdin as material for the prompt, read lazily (complete.Material); None on a terminal."""
     if sys.stdin is None or sys.stdin.closed:
-        return ""
+        return None
     try:
         if sys.stdin.isatty():
-            return ""
-        data = sys.stdin.buffer.read()
+            return None
+        from infer.complete import Material
+
+        return Material(sys.stdin.buffer)
     except (OSError, ValueError):
-        return ""
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError:
-        from infer.cli.console import warn
-
-        text = data.decode("utf-8", "replace")
-        warn(f"stdin is not valid UTF-8: {text.count(chr(0xFFFD))} undecodable byte sequence(s) replaced")
-        return text
+        return None
 
 
-def join_prompt(args: list[str] | None, stdin_text: str) -> str:
-    """The documented joining: piped material first, then a blank line, then the instruction."""
-    instruction = " ".join(args or []).strip()
-    material = stdin_text.strip("\n")
-    if material.strip() and instruction:
-        return f"{material}\n\n{instruction}"
-    return instruction or (material if material.strip() else "")
+SCHEMA_MAX_BYTES = 1 << 20  # a JSON schema is small; a bigger file is a mistake, not a schema
 
 
 def load_schema(value: str) -> dict:
@@ -157,7 +145,14 @@ def load_schema(value: str) -> dict:
         path = Path(value).expanduser()
         if not path.is_file():
             raise UsageError(f"--schema: {value!r} is neither JSON nor a readable file")
-        text = path.read_text(encoding="utf-8")
+        try:
+            with path.open("rb") as f:  # read at most the limit: the path may be a pipe or a huge file
+                data = f.read(SCHEMA_MAX_BYTES + 1)
+        except OSError as e:
+            raise UsageError(f"--schema: cannot read {value}: {e.strerror}") from e
+        if len(data) > SCHEMA_MAX_BYTES:
+            raise UsageError(f"--schema: {value} is larger than {SCHEMA_MAX_BYTES >> 20} MiB: not a JSON schema")
+        text = data.decode("utf-8", "replace")
     try:
         schema = json.loads(text)
     except json.JSONDecodeError as e:

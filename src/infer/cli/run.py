@@ -62,8 +62,9 @@ def run(
     if fmt is not None and fmt.lower() != "json":
         raise UsageError(f"--format {fmt!r} is not supported", hint="use --format json, or --schema for a JSON schema")
     schema_obj = o.load_schema(schema) if schema else None
-    text = o.join_prompt(prompt, o.read_stdin())
-    if not text.strip():
+    instruction = " ".join(prompt or []).strip()
+    material = o.stdin_material()  # read after the model loads, as far as its context can hold
+    if not instruction and (material is None or material.empty):
         raise UsageError("no prompt: give one as arguments or pipe text on stdin", hint='infer run "Why is the sky blue?"')
     given = o.sampling_values(temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p,
                               repeat_penalty=repeat_penalty, seed=seed, max_tokens=max_tokens, stop=stop)
@@ -81,8 +82,8 @@ def run(
     stream = not json_out
     try:
         show_where = (lambda m: console.info(f"running on: {m.where}")) if verbose or stats else (lambda m: None)
-        for event in complete.run(resolved, load, sampling, text, system=system, raw=raw, notice=console.warn,
-                                  on_load=show_where):
+        for event in complete.run(resolved, load, sampling, instruction, system=system, raw=raw, material=material,
+                                  notice=console.warn, on_load=show_where):
             if isinstance(event, complete.Text):
                 chunks.append(event.text)
                 if stream:

@@ -13,16 +13,16 @@ created with the size it needs. Decoding is incremental (codecs), one call per t
 
 from __future__ import annotations
 
-import codecs
 import ctypes
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterator
 
 from infer import hardware
-from infer.engine.events import Done, Event, Text, Timings, Usage
-from infer.engine.sampling import Sampling, StopMatcher
+from infer.engine.events import Event
+from infer.engine.sampling import Sampling
+from infer.engine.scheduler import Request, Scheduler
 from infer.errors import BadModel, ContextOverflow, InferError, UsageError
 from infer.gguf_meta import check_gguf
 
@@ -123,15 +123,6 @@ def _last_log_error() -> str:
     return ""
 
 
-@dataclass
-class _Context:
-    ctx: object
-    batch: object
-    n_ctx: int
-    tokens: list[int] = field(default_factory=list)  # what the KV cache holds
-    one: object = None  # a 1-token buffer for llama_batch_get_one
-
-
 class Model:
     """A loaded model; the context is created lazily at the size the first request needs."""
 
@@ -169,7 +160,7 @@ class Model:
         self.vocab = self._model.vocab
         self.n_ctx_train = self._model.n_ctx_train()
         self.metadata = self._model.metadata()
-        self._ctx: _Context | None = None
+        self._sched: Scheduler | None = None
         self.n_layers = llama_cpp.llama_model_n_layer(self._model.model)
         self.where = "CPU" if options.n_gpu_layers == 0 else "GPU"
 
@@ -210,41 +201,29 @@ class Model:
         want = max(MIN_CTX, -(-want // CTX_GRANULE) * CTX_GRANULE)
         return min(want, self.n_ctx_train) if self.n_ctx_train > 0 else want
 
-    def ensure_ctx(self, n_ctx: int) -> _Context:
-        if self._ctx is not None and self._ctx.n_ctx >= n_ctx:
-            return self._ctx
-        lib, opts = self._lib, self.options
-        self._ctx = None
-        params = lib.llama_context_default_params()
-        params.n_ctx = n_ctx
-        params.n_batch = min(n_ctx, opts.n_batch)
-        params.n_ubatch = min(params.n_batch, opts.n_ubatch)
-        threads = opts.n_threads or hardware.physical_cores()
-        params.n_threads = threads
-        params.n_threads_batch = threads
-        params.flash_attn_type = {"auto": lib.LLAMA_FLASH_ATTN_TYPE_AUTO, "on": lib.LLAMA_FLASH_ATTN_TYPE_ENABLED,
-                                  "off": lib.LLAMA_FLASH_ATTN_TYPE_DISABLED}[opts.flash_attn]
-        params.type_k = params.type_v = KV_TYPES[opts.kv_type]
-        params.no_perf = True
+    def scheduler(self, n_seq: int, n_ctx_seq: int) -> Scheduler:
+        """The scheduler that owns this model's one context: `n_seq` sequences of `n_ctx_seq` tokens each.
+        An existing one is reused when it is as large; otherwise it is replaced (when idle)."""
+        old = self._sched
+        if old is not None and old.n_seq == n_seq and old.n_ctx_seq >= n_ctx_seq:
+            return old
+        if old is not None:
+            old.close()
+            old.backend.free()
+            self._sched = None
         t0 = time.perf_counter()
-        try:
-            with _DeferredInterrupt():
-                ctx = self._internals.LlamaContext(model=self._model, params=params, verbose=opts.verbose)
-        except ValueError as e:
-            detail = _last_log_error()
-            raise InferError(f"llama.cpp could not create a {n_ctx}-token context" + (f": {detail}" if detail else ""),
-                             hint="try a smaller --ctx-size, or --kv-type q8_0") from e
-        batch = self._internals.LlamaBatch(n_tokens=params.n_batch, embd=0, n_seq_max=1, verbose=opts.verbose)
+        backend = LlamaBackend(self, n_seq, n_ctx_seq)
         self.load_s += time.perf_counter() - t0
-        self._ctx = _Context(ctx=ctx, batch=batch, n_ctx=n_ctx, one=(lib.llama_token * 1)())
-        return self._ctx
+        self._sched = Scheduler(backend, load_s=self.load_s)
+        return self._sched
 
     @property
     def n_ctx(self) -> int:
-        return self._ctx.n_ctx if self._ctx else 0
+        return self._sched.n_ctx_seq if self._sched else 0
 
     # -- generation ------------------------------------------------------------------------
-    def _sampler(self, s: Sampling):
+    def new_sampler(self, s: Sampling):
+        """A sampler chain for one sequence: grammar, penalties, then greedy or top-k/top-p/min-p/temperature."""
         lib = self._lib
         chain = lib.llama_sampler_chain_init(lib.llama_sampler_chain_default_params())
         add = lambda smpl: lib.llama_sampler_chain_add(chain, smpl)  # noqa: E731
@@ -268,24 +247,6 @@ class Model:
             add(lib.llama_sampler_init_dist(seed))
         return chain
 
-    def _decode(self, c: _Context, tokens: list[int], n_past: int) -> None:
-        if len(tokens) == 1:  # the per-token path: one ctypes call, no Python loop over batch fields
-            c.one[0] = tokens[0]
-            rc = self._lib.llama_decode(c.ctx.ctx, self._lib.llama_batch_get_one(c.one, 1))
-            if rc != 0:
-                raise InferError(f"llama_decode failed (code {rc})", hint="try a smaller --ctx-size")
-            c.tokens.append(tokens[0])
-            return
-        step = c.batch._n_tokens
-        for i in range(0, len(tokens), step):
-            chunk = tokens[i:i + step]
-            c.batch.set_batch(chunk, n_past=n_past + i, logits_all=False)
-            rc = self._lib.llama_decode(c.ctx.ctx, c.batch.batch)
-            if rc != 0:
-                c.tokens = c.tokens[:n_past + i]
-                raise InferError(f"llama_decode failed (code {rc})", hint="try a smaller --ctx-size")
-            c.tokens.extend(chunk)
-
     def check_fits(self, n_prompt: int, max_tokens: int | None, n_ctx: int) -> None:
         need = n_prompt + (max_tokens or 1)
         if need > n_ctx:
@@ -298,78 +259,26 @@ class Model:
             )
 
     def generate(self, tokens: list[int], sampling: Sampling) -> Iterator[Event]:
-        """Evaluate the prompt (reusing the cached prefix) and stream the answer."""
+        """One request through the scheduler (one sequence; the cached prefix of the last request is reused).
+        Leaving the iteration early (Ctrl-C, a closed generator) cancels the request and waits for its slot."""
         n_ctx = self.plan_ctx(len(tokens), sampling.max_tokens)
         self.check_fits(len(tokens), sampling.max_tokens, n_ctx)
-        c = self.ensure_ctx(n_ctx)
-        lib = self._lib
-        t_start = time.perf_counter()
-        # Reuse the KV cache for the common prefix (a chat resends its whole history).
-        keep = 0
-        for a, b in zip(c.tokens, tokens, strict=False):
-            if a != b:
-                break
-            keep += 1
-        keep = min(keep, len(tokens) - 1)  # at least one token to evaluate, for fresh logits
-        # Always trim past the prefix: a Ctrl-C between llama_decode and our bookkeeping can leave
-        # one token in the cache that c.tokens does not list.
-        lib.llama_memory_seq_rm(lib.llama_get_memory(c.ctx.ctx), 0, keep, -1)
-        del c.tokens[keep:]
-        smpl = self._sampler(sampling)
-        decoder = codecs.getincrementaldecoder("utf-8")("replace")
-        stops = StopMatcher(sampling.stop)
-        budget = min(sampling.max_tokens or n_ctx, n_ctx - len(tokens))
-        n_gen, reason, stop_hit = 0, "length", False
-        t_first = t_prompt_done = None
-        buf = ctypes.create_string_buffer(256)
-        try:
-            self._decode(c, tokens[keep:], keep)
-            t_prompt_done = time.perf_counter()
-            while n_gen < budget:
-                token = lib.llama_sampler_sample(smpl, c.ctx.ctx, -1)
-                if lib.llama_vocab_is_eog(self.vocab, token):
-                    reason = "stop"
-                    break
-                n_gen += 1
-                n = lib.llama_token_to_piece(self.vocab, token, buf, 256, 0, False)
-                piece = decoder.decode(buf.raw[:n])
-                if t_first is None:
-                    t_first = time.perf_counter()
-                if piece:
-                    text, hit = stops.feed(piece)
-                    if text:
-                        yield Text(text)
-                    if hit:
-                        reason, stop_hit = "stop", True
-                        break
-                if n_gen < budget:
-                    self._decode(c, [token], len(c.tokens))
-            tail = "" if stop_hit else stops.flush() + decoder.decode(b"", final=True)
-            if tail:
-                yield Text(tail)
-        finally:
-            lib.llama_sampler_free(smpl)
-        t_end = time.perf_counter()
-        prompt_s = (t_prompt_done or t_end) - t_start
-        first = t_first or t_end
-        gen_s = t_end - first
-        evaluated = len(tokens) - keep
-        yield Done(
-            finish_reason=reason,
-            usage=Usage(prompt_tokens=len(tokens), completion_tokens=n_gen, cached_tokens=keep),
-            timings=Timings(
-                load_s=self.load_s, ttft_s=first - t_start, prompt_s=prompt_s, gen_s=gen_s,
-                prompt_tps=evaluated / prompt_s if prompt_s > 0 else 0.0,
-                gen_tps=(n_gen - 1) / gen_s if n_gen > 1 and gen_s > 0 else 0.0,
-            ),
-        )
+        sched = self.scheduler(1, n_ctx)
+        if sampling.max_tokens is None:  # as before: the answer may use the planned context, no more
+            sampling = replace(sampling, max_tokens=n_ctx - len(tokens))
+        yield from sched.submit(Request(tokens, sampling))
+
+    def cancel_all(self) -> None:
+        """Cancel whatever is generating (chat's Ctrl-C: called from the signal handler)."""
+        if self._sched is not None:
+            self._sched.cancel_all()
 
     # -- llama-bench's measures -------------------------------------------------------------
-    def _fresh(self, n_ctx: int) -> _Context:
-        c = self.ensure_ctx(n_ctx)
-        self._lib.llama_memory_clear(self._lib.llama_get_memory(c.ctx.ctx), True)
-        c.tokens.clear()
-        return c
+    def _fresh(self, n_ctx: int) -> "LlamaBackend":
+        backend = self.scheduler(1, n_ctx).backend
+        backend.forget(0, 0)
+        self._sched.slot_tokens[0].clear()
+        return backend
 
     def _random_tokens(self, n: int, seed: int) -> list[int]:
         import random
@@ -380,26 +289,147 @@ class Model:
 
     def bench_pp(self, n: int, n_ctx: int) -> float:
         """Seconds to evaluate n prompt tokens in batches from an empty cache (llama-bench's pp)."""
-        c = self._fresh(n_ctx)
+        b = self._fresh(n_ctx)
         tokens = self._random_tokens(n, n)
         t0 = time.perf_counter()
-        self._decode(c, tokens, 0)
-        self._lib.llama_synchronize(c.ctx.ctx)
+        for start in range(0, n, b.n_batch):
+            chunk = tokens[start:start + b.n_batch]
+            for i, token in enumerate(chunk):
+                b.add(token, start + i, 0, i == len(chunk) - 1)
+            b.decode()
+        b.synchronize()
         return time.perf_counter() - t0
 
     def bench_tg(self, n: int, n_ctx: int) -> float:
         """Seconds to decode n tokens one at a time from an empty cache (llama-bench's tg)."""
-        c = self._fresh(n_ctx)
-        token = self._random_tokens(1, 7)
+        b = self._fresh(n_ctx)
+        token = self._random_tokens(1, 7)[0]
         t0 = time.perf_counter()
         for i in range(n):
-            self._decode(c, token, i)
-        self._lib.llama_synchronize(c.ctx.ctx)
+            b.add(token, i, 0, True)
+            b.decode()
+        b.synchronize()
         return time.perf_counter() - t0
 
     def close(self) -> None:
-        self._ctx = None
+        if self._sched is not None:
+            self._sched.close()
+            self._sched.backend.free()
+            self._sched = None
         self._model.close()
+
+
+_GREEDY = object()  # the sampler of a plain greedy request: an argmax, no llama.cpp sampler chain
+
+
+class LlamaBackend:
+    """One llama context with `n_seq` sequences (non-unified KV: each sequence has its own `n_ctx_seq` cells,
+    so one never evicts another's), one batch the scheduler fills, and llama.cpp's samplers."""
+
+    def __init__(self, model: Model, n_seq: int, n_ctx_seq: int):
+        lib, opts = model._lib, model.options
+        self.model, self._lib = model, lib
+        self.n_seq = n_seq
+        n_ctx = n_seq * n_ctx_seq
+        params = lib.llama_context_default_params()
+        params.n_ctx = n_ctx
+        params.n_seq_max = n_seq
+        params.kv_unified = False
+        params.n_batch = max(min(n_ctx, opts.n_batch), n_seq)
+        params.n_ubatch = min(params.n_batch, opts.n_ubatch)
+        threads = opts.n_threads or hardware.physical_cores()
+        params.n_threads = threads
+        params.n_threads_batch = threads
+        params.flash_attn_type = {"auto": lib.LLAMA_FLASH_ATTN_TYPE_AUTO, "on": lib.LLAMA_FLASH_ATTN_TYPE_ENABLED,
+                                  "off": lib.LLAMA_FLASH_ATTN_TYPE_DISABLED}[opts.flash_attn]
+        params.type_k = params.type_v = KV_TYPES[opts.kv_type]
+        params.no_perf = True
+        try:
+            with _DeferredInterrupt():
+                self._ctx = model._internals.LlamaContext(model=model._model, params=params, verbose=opts.verbose)
+        except ValueError as e:
+            detail = _last_log_error()
+            raise InferError(f"llama.cpp could not create a {n_ctx}-token context" + (f": {detail}" if detail else ""),
+                             hint="try a smaller --ctx-size, or --kv-type q8_0") from e
+        self.ctx = self._ctx.ctx
+        self.n_ctx_seq = lib.llama_n_ctx_seq(self.ctx)
+        self.n_batch = lib.llama_n_batch(self.ctx)
+        self.threads = threads
+        self._mem = lib.llama_get_memory(self.ctx)
+        self._batch = lib.llama_batch_init(self.n_batch, 0, 1)
+        b = self._batch
+        self._token, self._pos, self._nseq, self._seq, self._logits = b.token, b.pos, b.n_seq_id, b.seq_id, b.logits
+        self._n = 0
+        self._one = (lib.llama_token * 1)()
+        self._single = False  # the pending batch is one token of sequence 0: decode it through llama_batch_get_one
+        self._buf = ctypes.create_string_buffer(256)
+        self.vocab = model.vocab
+        self._n_vocab = lib.llama_vocab_n_tokens(self.vocab)
+        import numpy  # llama_cpp depends on it and has imported it already
+
+        self._np = numpy
+
+    def add(self, token: int, pos: int, seq: int, logits: bool) -> None:
+        i = self._n
+        self._token[i] = token
+        self._pos[i] = pos
+        self._nseq[i] = 1
+        self._seq[i][0] = seq
+        self._logits[i] = logits
+        self._n = i + 1
+        self._single = i == 0 and seq == 0 and logits
+
+    def decode(self) -> None:
+        n, self._n = self._n, 0
+        if n == 0:
+            return
+        if n == 1 and self._single:  # the per-token path of one sequence: llama.cpp places it after the last one
+            self._one[0] = self._token[0]
+            rc = self._lib.llama_decode(self.ctx, self._lib.llama_batch_get_one(self._one, 1))
+        else:
+            self._batch.n_tokens = n
+            rc = self._lib.llama_decode(self.ctx, self._batch)
+        if rc != 0:
+            reason = {1: "no room left in the KV cache", 2: "aborted"}.get(rc, "error")
+            raise InferError(f"llama_decode failed ({reason}, code {rc})", hint="try a smaller --ctx-size or --parallel")
+
+    def sample(self, sampler, index: int) -> int:
+        if sampler is _GREEDY:  # argmax over the row: what llama.cpp's greedy sampler picks (the first maximum),
+            # without building its 100k-entry candidate array per token (the cost that caps batched decoding)
+            row = self._lib.llama_get_logits_ith(self.ctx, index)
+            return int(self._np.ctypeslib.as_array(row, shape=(self._n_vocab,)).argmax())
+        return self._lib.llama_sampler_sample(sampler, self.ctx, index)
+
+    def forget(self, seq: int, start: int) -> None:
+        self._lib.llama_memory_seq_rm(self._mem, seq, start, -1)
+
+    def new_sampler(self, sampling: Sampling):
+        if sampling.temperature <= 0 and not sampling.grammar and sampling.repeat_penalty == 1.0:
+            return _GREEDY
+        return self.model.new_sampler(sampling)
+
+    def free_sampler(self, sampler) -> None:
+        if sampler is not _GREEDY:
+            self._lib.llama_sampler_free(sampler)
+
+    def is_eog(self, token: int) -> bool:
+        return self._lib.llama_vocab_is_eog(self.vocab, token)
+
+    def piece(self, token: int) -> bytes:
+        n = self._lib.llama_token_to_piece(self.vocab, token, self._buf, len(self._buf), 0, False)
+        if n < 0:  # a piece longer than the buffer: grow it once
+            self._buf = ctypes.create_string_buffer(-n)
+            n = self._lib.llama_token_to_piece(self.vocab, token, self._buf, len(self._buf), 0, False)
+        return self._buf.raw[:n]
+
+    def synchronize(self) -> None:
+        self._lib.llama_synchronize(self.ctx)
+
+    def free(self) -> None:
+        if self._batch is not None:
+            self._lib.llama_batch_free(self._batch)
+            self._batch = None
+        self._ctx.close()
 
 
 @dataclass(frozen=True)

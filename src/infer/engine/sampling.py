@@ -21,6 +21,7 @@ class Sampling:
     max_tokens: int | None = None  # None: until end of generation or the context is full
     stop: tuple[str, ...] = ()
     grammar: str | None = None  # GBNF text
+    ignore_eos: bool = False  # keep going past end-of-generation tokens (benchmarks: fixed answer lengths)
 
 
 def json_grammar(schema: dict | None) -> str:

@@ -65,7 +65,8 @@ class Request:
 class Handle:
     """A submitted request: iterate it for events (Text..., then Done); cancel() from any thread."""
 
-    def __init__(self, request: Request, sink: "queue.SimpleQueue | None" = None, wake=lambda: None):
+    def __init__(self, request: Request, sink: "queue.SimpleQueue | None" = None, wake=lambda: None,
+                 on_finish=lambda handle: None):
         self.request = request
         self.cancelled = threading.Event()
         self.finished = threading.Event()
@@ -73,6 +74,7 @@ class Handle:
         self._events: queue.SimpleQueue = queue.SimpleQueue()
         self._sink = sink
         self._wake = wake
+        self._on_finish = on_finish
 
     def cancel(self) -> None:
         self.cancelled.set()
@@ -82,6 +84,7 @@ class Handle:
         if isinstance(event, (Done, Failed)):
             if isinstance(event, Done):
                 self.done = event
+            self._on_finish(self)
             self.finished.set()
         if self._sink is not None:
             self._sink.put((self, event))
@@ -137,7 +140,8 @@ class Scheduler:
         self.slot_tokens: list[list[int]] = [[] for _ in range(backend.n_seq)]  # what each slot's KV holds
         self.slot_used: list[int] = [0] * backend.n_seq  # LRU clock per slot
         self._clock = itertools.count(1)
-        self._cond = threading.Condition()
+        self._cond = threading.Condition(threading.RLock())  # re-entrant: a signal handler may cancel
+        self._live: set[Handle] = set()  # submitted and not yet finished
         self._closed = False
         self.steps = 0
         self._thread = None
@@ -168,13 +172,21 @@ class Scheduler:
         if not request.tokens:
             raise InferError("an empty prompt cannot be evaluated")
         self.check(len(request.tokens), request.sampling.max_tokens)
-        handle = Handle(request, sink, self._wake)
+        handle = Handle(request, sink, self._wake, self._forget_handle)
         with self._cond:
             if self._closed:
                 raise InferError("the engine is shutting down")
             self.waiting.append((handle, time.perf_counter()))
+            self._live.add(handle)
             self._cond.notify()
         return handle
+
+    def cancel_all(self) -> None:
+        """Cancel every queued and running request (safe from a signal handler in any thread)."""
+        with self._cond:
+            for handle in self._live:
+                handle.cancelled.set()
+            self._cond.notify()
 
     def stats(self) -> dict:
         with self._cond:
@@ -188,6 +200,10 @@ class Scheduler:
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join()
         self._fail_all(InferError("the engine was shut down before the request finished"))
+
+    def _forget_handle(self, handle: Handle) -> None:
+        with self._cond:
+            self._live.discard(handle)
 
     def _wake(self) -> None:
         with self._cond:
@@ -314,7 +330,7 @@ class Scheduler:
             if seq.t_read is None:
                 seq.t_read = now
             token = b.sample(seq.sampler, seq.logits_at)
-            if b.is_eog(token):
+            if b.is_eog(token) and not seq.handle.request.sampling.ignore_eos:
                 self._finish(seq, reason="stop")
                 continue
             seq.n_gen += 1

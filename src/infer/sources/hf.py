@@ -120,8 +120,9 @@ def available_quants(listing: Listing) -> list[str]:
 
 
 def pick(listing: Listing, *, quant: str | None = None, file: str | None = None,
-         mmproj: bool = False, budget: int | None = None) -> list[RemoteFile]:
-    """The files to pull: one GGUF, or every part of a split one (and the projector if asked)."""
+         budget: int | None = None) -> list[RemoteFile]:
+    """The files to pull: one GGUF, or every part of a split one; never a vision projector (mmproj):
+    nothing here uses one."""
     unsafe = [f.name for f in listing.files if not safe_name(f.name)]
     if unsafe:
         raise NetworkError(f"refusing {listing.repo}: its listing has an unsafe file name {unsafe[0]!r}",
@@ -149,9 +150,6 @@ def pick(listing: Listing, *, quant: str | None = None, file: str | None = None,
     missing_sha = [f.name for f in chosen if not f.sha256]
     if missing_sha:
         raise NetworkError(f"{listing.repo} lists no sha256 for {missing_sha[0]}; refusing an unverifiable download")
-    if mmproj:
-        proj = [f for f in listing.ggufs() if "mmproj" in f.name.lower()]
-        chosen += sorted(proj, key=lambda f: (quant_of(f.name) != "F16", f.name))[:1]
     return chosen
 
 

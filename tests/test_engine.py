@@ -1,0 +1,103 @@
+"""The scheduler on the real SmolLM2 through llama.cpp: several sequences in one context, cancellation,
+the greedy fast path. Counts come from ignore_eos and fixed token limits, never from what the model says;
+where two outputs are compared, both were made here, in the same test."""
+
+from __future__ import annotations
+
+import queue
+import threading
+
+import pytest
+
+from infer.engine import Done, LoadOptions, Model, Sampling, Text
+from infer.engine.scheduler import Request
+
+pytestmark = pytest.mark.model
+
+
+@pytest.fixture(scope="module")
+def model(smollm2):
+    import os
+
+    m = Model(smollm2.path, LoadOptions(n_threads=int(os.environ.get("INFER_TEST_THREADS", "1"))))
+    yield m
+    m.close()
+
+
+def prompts(model, n):
+    return [model.format_chat([{"role": "user", "content": f"Count to {i + 3}, then say a word."}])[1] for i in range(n)]
+
+
+def test_parallel_sequences_each_get_their_full_answer(model):
+    sched = model.scheduler(4, 512)
+    q: queue.SimpleQueue = queue.SimpleQueue()
+    for i, tokens in enumerate(prompts(model, 6)):  # more requests than slots: two wait for a free one
+        sched.submit(Request(tokens, Sampling(temperature=0.7, seed=i, max_tokens=12 + i, ignore_eos=True), id=str(i)),
+                     sink=q)
+    dones, texts = {}, {}
+    while len(dones) < 6:
+        handle, event = q.get(timeout=300)
+        if isinstance(event, Text):
+            texts[handle.request.id] = texts.get(handle.request.id, "") + event.text
+        elif isinstance(event, Done):
+            dones[handle.request.id] = event
+        else:
+            raise AssertionError(event)
+    assert {k: d.usage.completion_tokens for k, d in dones.items()} == {str(i): 12 + i for i in range(6)}
+    assert all(d.finish_reason == "length" for d in dones.values())
+    assert sched.stats() == {"busy": 0, "free": 4, "waiting": 0}
+
+
+def test_cancelling_one_sequence_leaves_the_others_whole(model):
+    sched = model.scheduler(3, 512)
+    q: queue.SimpleQueue = queue.SimpleQueue()
+    tokens = prompts(model, 3)
+    handles = [sched.submit(Request(t, Sampling(temperature=0, max_tokens=40, ignore_eos=True), id=str(i)), sink=q)
+               for i, t in enumerate(tokens)]
+    seen = 0
+    dones = {}
+    while len(dones) < 3:
+        handle, event = q.get(timeout=300)
+        if isinstance(event, Text) and handle is handles[1]:
+            seen += 1
+            if seen == 3:
+                handles[1].cancel()
+        elif isinstance(event, Done):
+            dones[handle.request.id] = event
+    assert dones["1"].finish_reason == "cancelled" and dones["1"].usage.completion_tokens < 40
+    assert dones["0"].usage.completion_tokens == 40 and dones["2"].usage.completion_tokens == 40
+
+
+def test_greedy_fast_path_matches_llama_cpp_greedy_sampler(model):
+    tokens = prompts(model, 1)[0]
+    sampling = Sampling(temperature=0, max_tokens=24)
+    fast = "".join(e.text for e in model.generate(tokens, sampling) if isinstance(e, Text))
+    backend = model.scheduler(1, 512).backend
+    backend.new_sampler = model.new_sampler  # llama.cpp's own greedy chain for this one request
+    try:
+        model._sched.slot_tokens[0].clear()
+        backend.forget(0, 0)
+        chain = "".join(e.text for e in model.generate(tokens, sampling) if isinstance(e, Text))
+    finally:
+        del backend.new_sampler
+    assert fast == chain
+
+
+def test_a_consumer_in_another_thread_can_cancel_everything(model):
+    sched = model.scheduler(2, 512)
+    handles = [sched.submit(Request(t, Sampling(temperature=0, max_tokens=400, ignore_eos=True)))
+               for t in prompts(model, 2)]
+    started = threading.Event()
+
+    def consume(h):
+        for e in h:
+            started.set()
+
+    threads = [threading.Thread(target=consume, args=(h,)) for h in handles]
+    for t in threads:
+        t.start()
+    started.wait(timeout=300)
+    model.cancel_all()
+    for t in threads:
+        t.join(timeout=300)
+    assert all(h.done.finish_reason == "cancelled" for h in handles)

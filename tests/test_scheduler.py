@@ -1,0 +1,308 @@
+"""The scheduler's logic with a fake decoder: admission, chunked prefill, slot reuse, cancellation, failures.
+
+The fake keeps a KV cache per sequence and checks every position the scheduler gives it, so a batch
+that skips, repeats or mixes up positions fails the test."""
+
+from __future__ import annotations
+
+import queue
+
+import pytest
+
+from infer.engine import Done, Failed, Sampling, Text
+from infer.engine.scheduler import Request, Scheduler
+from infer.errors import ContextOverflow, InferError
+
+EOG = 0
+
+
+class FakeBackend:
+    """Each sequence 'generates' its last token + 1 (EOG at `eog_after` tokens); pieces are 't<N> '."""
+
+    def __init__(self, n_seq=2, n_ctx_seq=64, n_batch=16, eog_after=None):
+        self.n_seq, self.n_ctx_seq, self.n_batch = n_seq, n_ctx_seq, n_batch
+        self.kv = [[] for _ in range(n_seq)]
+        self.pending = []
+        self.batches = []  # each decoded batch as [(token, pos, seq, logits)]
+        self.samplers_live = 0
+        self.eog_after = eog_after
+        self.fail_next = False
+
+    def add(self, token, pos, seq, logits):
+        assert len(self.pending) < self.n_batch, "batch overflow"
+        self.pending.append((token, pos, seq, logits))
+
+    def decode(self):
+        batch, self.pending = self.pending, []
+        if self.fail_next:
+            self.fail_next = False
+            raise InferError("decode failed")
+        for token, pos, seq, _ in batch:
+            assert pos == len(self.kv[seq]), f"seq {seq}: position {pos} but the KV holds {len(self.kv[seq])}"
+            assert pos < self.n_ctx_seq
+            self.kv[seq].append(token)
+        self.batches.append(batch)
+        self.outputs = [(seq, token) for token, _, seq, logits in batch if logits]
+
+    def sample(self, sampler, index):
+        token, _, seq, logits = self.batches[-1][index]
+        assert logits, "sampled a position that has no logits"
+        n_gen = sampler["n"]
+        sampler["n"] += 1
+        if self.eog_after is not None and n_gen >= self.eog_after:
+            return EOG
+        return token + 1 if token + 1 != EOG else 1
+
+    def forget(self, seq, start):
+        del self.kv[seq][start:]
+
+    def new_sampler(self, sampling):
+        self.samplers_live += 1
+        return {"n": 0}
+
+    def free_sampler(self, sampler):
+        self.samplers_live -= 1
+
+    def is_eog(self, token):
+        return token == EOG
+
+    def piece(self, token):
+        return f"t{token} ".encode()
+
+
+def run_all(sched: Scheduler, limit: int = 1000) -> None:
+    for _ in range(limit):
+        if not sched.step() and not sched.waiting:
+            return
+    raise AssertionError("the scheduler did not settle")
+
+
+def collect(handle_events: list) -> tuple[str, Done | None]:
+    text = "".join(e.text for e in handle_events if isinstance(e, Text))
+    done = next((e for e in handle_events if isinstance(e, Done)), None)
+    return text, done
+
+
+def drain(q: queue.SimpleQueue) -> dict:
+    out: dict = {}
+    while not q.empty():
+        handle, event = q.get()
+        out.setdefault(handle.request.id, []).append(event)
+    return out
+
+
+def req(rid: str, tokens, max_tokens=4, **kw) -> Request:
+    return Request(tokens=list(tokens), sampling=Sampling(temperature=0, max_tokens=max_tokens, **kw), id=rid)
+
+
+def test_one_request_reads_its_prompt_then_generates_to_the_limit():
+    b = FakeBackend(n_seq=1)
+    s = Scheduler(b, threaded=False)
+    q = queue.SimpleQueue()
+    s.submit(req("a", [5, 6, 7], max_tokens=3), sink=q)
+    run_all(s)
+    text, done = collect(drain(q)["a"])
+    assert text == "t8 t9 t10 "
+    assert done.finish_reason == "length" and done.usage.completion_tokens == 3 and done.usage.prompt_tokens == 3
+    # prompt in one decode, then one token per step; the last sampled token is never decoded
+    assert [len(x) for x in b.batches] == [3, 1, 1]
+    assert b.samplers_live == 0
+
+
+def test_eog_ends_with_stop_and_stop_strings_cut_the_text():
+    b = FakeBackend(n_seq=1, eog_after=2)
+    s = Scheduler(b, threaded=False)
+    q = queue.SimpleQueue()
+    s.submit(req("eog", [1], max_tokens=10), sink=q)
+    s.submit(req("stop", [20], max_tokens=10, stop=("t23",)), sink=q)
+    run_all(s)
+    events = drain(q)
+    assert collect(events["eog"])[1].finish_reason == "stop"
+    text, done = collect(events["stop"])
+    assert done.finish_reason == "stop" and "t23" not in text and text.startswith("t21 ")
+
+
+def test_many_requests_share_steps_and_a_freed_slot_is_taken_mid_flight():
+    b = FakeBackend(n_seq=2, n_batch=32)
+    s = Scheduler(b, threaded=False)
+    q = queue.SimpleQueue()
+    s.submit(req("short", [1, 2], max_tokens=1), sink=q)
+    s.submit(req("long", [10, 11], max_tokens=6), sink=q)
+    s.submit(req("late", [30, 31], max_tokens=2), sink=q)
+    run_all(s)
+    events = drain(q)
+    assert {k: collect(v)[1].usage.completion_tokens for k, v in events.items()} == {"short": 1, "long": 6, "late": 2}
+    # the first decode holds both prompts; "late" is admitted into short's slot while "long" still generates
+    assert {seq for _, _, seq, _ in b.batches[0]} == {0, 1}
+    late_prompt = next(i for i, batch in enumerate(b.batches) if any(t == 30 for t, *_ in batch))
+    assert any(t not in (30, 31) for t, *_ in b.batches[late_prompt]), "late's prompt should share a step with long"
+    assert b.samplers_live == 0
+
+
+def test_chunked_prefill_never_stalls_a_generating_sequence():
+    b = FakeBackend(n_seq=2, n_ctx_seq=256, n_batch=64)
+    s = Scheduler(b, threaded=False, prefill_chunk=8)
+    q = queue.SimpleQueue()
+    s.submit(req("gen", [1], max_tokens=30), sink=q)
+    s.step()  # gen's prompt read; it now has a token pending
+    s.submit(req("big", range(100, 200), max_tokens=1), sink=q)
+    run_all(s)
+    events = drain(q)
+    assert collect(events["big"])[1].usage.prompt_tokens == 100
+    # while "gen" was generating, every step carried its token and at most 8 prompt tokens of "big"
+    for batch in b.batches[1:]:
+        big = [t for t, _, seq, _ in batch if t >= 100 and t < 200]
+        if big:
+            assert len(big) <= 8
+            assert len(batch) == len(big) + 1
+
+
+def test_a_prompt_longer_than_the_batch_is_read_in_several_decodes():
+    b = FakeBackend(n_seq=1, n_ctx_seq=128, n_batch=16)
+    s = Scheduler(b, threaded=False)
+    q = queue.SimpleQueue()
+    s.submit(req("a", range(1, 51), max_tokens=2), sink=q)
+    run_all(s)
+    assert [len(x) for x in b.batches[:4]] == [16, 16, 16, 2]
+    assert [logits for *_, logits in b.batches[3]] == [False, True]  # only the prompt's last token wants logits
+
+
+def test_the_slot_with_the_longest_common_prefix_is_reused():
+    b = FakeBackend(n_seq=2, n_batch=64)
+    s = Scheduler(b, threaded=False)
+    q = queue.SimpleQueue()
+    s.submit(req("a", [1, 2, 3, 4, 5], max_tokens=1), sink=q)
+    s.submit(req("b", [9, 9, 9], max_tokens=1), sink=q)
+    run_all(s)
+    drain(q)
+    before = len(b.batches)
+    s.submit(req("a2", [1, 2, 3, 4, 5, 6, 7], max_tokens=1), sink=q)
+    run_all(s)
+    done = collect(drain(q)["a2"])[1]
+    assert done.usage.cached_tokens == 5
+    assert sum(len(x) for x in b.batches[before:]) == 2  # only the two new tokens were read
+
+
+def test_an_identical_prompt_still_reads_its_last_token():
+    b = FakeBackend(n_seq=1)
+    s = Scheduler(b, threaded=False)
+    q = queue.SimpleQueue()
+    for rid in ("x", "y"):
+        s.submit(req(rid, [4, 5, 6], max_tokens=1), sink=q)
+        run_all(s)
+    assert collect(drain(q)["y"])[1].usage.cached_tokens == 2
+
+
+def test_cancel_while_queued_while_reading_and_while_generating():
+    b = FakeBackend(n_seq=1, n_ctx_seq=512, n_batch=8)
+    s = Scheduler(b, threaded=False)
+    q = queue.SimpleQueue()
+    running = s.submit(req("running", [1], max_tokens=100), sink=q)
+    queued = s.submit(req("queued", [2], max_tokens=5), sink=q)
+    s.step()
+    s.step()
+    queued.cancel()
+    running.cancel()
+    s.step()
+    events = drain(q)
+    assert collect(events["queued"])[1].finish_reason == "cancelled"
+    assert collect(events["running"])[1].finish_reason == "cancelled"
+    assert not s.active and not s.waiting and b.samplers_live == 0
+    reading = s.submit(req("reading", range(10, 40), max_tokens=5), sink=q)
+    s.step()  # 8 of 30 prompt tokens read
+    reading.cancel()
+    s.step()
+    assert collect(drain(q)["reading"])[1].finish_reason == "cancelled"
+    assert not s.active
+
+
+def test_cancelling_one_request_leaves_the_others_untouched():
+    def tokens_of(events):
+        return collect(events)[0]
+
+    alone = FakeBackend(n_seq=3)
+    s = Scheduler(alone, threaded=False)
+    q = queue.SimpleQueue()
+    s.submit(req("keep", [7, 8], max_tokens=6), sink=q)
+    run_all(s)
+    expected = tokens_of(drain(q)["keep"])
+    b = FakeBackend(n_seq=3)
+    s = Scheduler(b, threaded=False)
+    keep = s.submit(req("keep", [7, 8], max_tokens=6), sink=q)
+    victim = s.submit(req("victim", [50, 51], max_tokens=6), sink=q)
+    s.step()
+    s.step()
+    victim.cancel()
+    run_all(s)
+    events = drain(q)
+    assert tokens_of(events["keep"]) == expected and keep.done.finish_reason == "length"
+    assert victim.done.finish_reason == "cancelled"
+
+
+def test_a_request_that_cannot_fit_is_refused_before_it_is_queued():
+    s = Scheduler(FakeBackend(n_seq=1, n_ctx_seq=16), threaded=False)
+    with pytest.raises(ContextOverflow):
+        s.submit(req("big", range(1, 15), max_tokens=5))
+    assert not s.waiting
+
+
+def test_a_failed_decode_fails_its_sequences_and_the_next_request_works():
+    b = FakeBackend(n_seq=1)
+    s = Scheduler(b, threaded=False)
+    q = queue.SimpleQueue()
+    s.submit(req("bad", [1, 2], max_tokens=3), sink=q)
+    b.fail_next = True
+    run_all(s)
+    assert any(isinstance(e, Failed) for e in drain(q)["bad"])
+    assert b.kv[0] == [] and s.slot_tokens[0] == []
+    s.submit(req("good", [1, 2], max_tokens=3), sink=q)
+    run_all(s)
+    assert collect(drain(q)["good"])[1].usage.completion_tokens == 3
+
+
+def test_threaded_handles_stream_and_an_abandoned_iteration_cancels():
+    b = FakeBackend(n_seq=2, n_ctx_seq=4096, n_batch=64)
+    s = Scheduler(b)
+    try:
+        events = list(s.submit(req("a", [3], max_tokens=5)))
+        assert isinstance(events[-1], Done) and collect(events)[1].usage.completion_tokens == 5
+        long = s.submit(req("long", [3], max_tokens=4000))
+        for i, _ in enumerate(long):
+            if i == 3:
+                break  # the consumer leaves: the request is cancelled and its slot freed
+        assert long.finished.is_set() and long.done.finish_reason == "cancelled"
+        assert s.stats()["busy"] == 0
+    finally:
+        s.close()
+
+
+def test_close_fails_what_is_still_queued():
+    s = Scheduler(FakeBackend(n_seq=1), threaded=False)
+    h = s.submit(req("q", [1], max_tokens=3))
+    s.close()
+    with pytest.raises(InferError):
+        list(h)
+
+
+def test_cancel_all_ends_queued_and_running_requests():
+    b = FakeBackend(n_seq=1, n_ctx_seq=512)
+    s = Scheduler(b, threaded=False)
+    q = queue.SimpleQueue()
+    s.submit(req("run", [1], max_tokens=100), sink=q)
+    s.submit(req("wait", [2], max_tokens=100), sink=q)
+    s.step()
+    s.cancel_all()
+    s.step()
+    events = drain(q)
+    assert {k: collect(v)[1].finish_reason for k, v in events.items()} == {"run": "cancelled", "wait": "cancelled"}
+    assert not s._live
+
+
+def test_ignore_eos_generates_the_full_budget():
+    b = FakeBackend(n_seq=1, eog_after=1)
+    s = Scheduler(b, threaded=False)
+    q = queue.SimpleQueue()
+    s.submit(req("a", [1], max_tokens=5, ignore_eos=True), sink=q)
+    run_all(s)
+    done = collect(drain(q)["a"])[1]
+    assert done.finish_reason == "length" and done.usage.completion_tokens == 5
