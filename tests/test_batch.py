@@ -42,6 +42,8 @@ def full(cid, url="/v1/chat/completions", **body):
     ({"prompt": "hi"}, "chat"),
     ({"prompt": "hi", "raw": True}, "completion"),
     ({"messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}]}, "chat"),
+    (full("t", "/v1/completions", prompt=[1, 2, 3], ignore_eos=True), "completion"),
+    ({"prompt": [[5, 6]]}, "completion"),
 ])
 def test_good_lines_parse_to_jobs(row, kind):
     job = core.parse_line(json.dumps(row).encode(), 7)
@@ -62,6 +64,8 @@ def test_good_lines_parse_to_jobs(row, kind):
     (json.dumps(full("x", messages=[])).encode(), "invalid_request"),
     (json.dumps(full("x", messages=[{"content": "no role"}])).encode(), "invalid_request"),
     (json.dumps({"prompt": 3}).encode(), "invalid_request"),
+    (json.dumps({"prompt": [1, -2]}).encode(), "invalid_request"),
+    (json.dumps({"prompt": "a", "ignore_eos": 1}).encode(), "invalid_request"),
     (json.dumps({"prompt": "a", "temperature": "hot"}).encode(), "invalid_request"),
     (json.dumps({"prompt": "a", "temperature": -1}).encode(), "invalid_request"),
     (json.dumps({"prompt": "a", "max_tokens": 0}).encode(), "invalid_request"),

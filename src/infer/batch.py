@@ -53,7 +53,7 @@ class Job:
     custom_id: str
     kind: str  # chat | completion
     messages: tuple | None = None
-    prompt: str | None = None
+    prompt: str | tuple | None = None  # text, or token ids
     params: dict = field(default_factory=dict)  # Sampling fields given by the line, plus "response_format"
 
 
@@ -152,7 +152,7 @@ def _short_form(obj: dict, line: int, cid: str) -> Job:
     if "prompt" not in obj:
         raise _Bad("the line has no messages or prompt (or an OpenAI Batch url and body)")
     prompt = _prompt(obj["prompt"])
-    raw = obj.get("raw", False)
+    raw = obj.get("raw", False) or isinstance(prompt, tuple)
     if not isinstance(raw, bool):
         raise _Bad("raw must be true or false")
     if raw:
@@ -186,13 +186,17 @@ def _messages(value) -> tuple:
     return tuple(out)
 
 
-def _prompt(value) -> str:
-    if isinstance(value, list) and len(value) == 1:
+def _prompt(value) -> str | tuple:
+    """A string, or token ids (OpenAI's array of integers); an array of one of either is the same."""
+    if isinstance(value, list) and len(value) == 1 and isinstance(value[0], (str, list)):
         value = value[0]
     if value is None:
         raise _Bad("the request has no prompt")
+    if isinstance(value, list) and value and all(isinstance(t, int) and not isinstance(t, bool) and t >= 0
+                                                 for t in value):
+        return tuple(value)
     if not isinstance(value, str):
-        raise _Bad("prompt must be a string (or an array of one string)")
+        raise _Bad("prompt must be a string or an array of token ids (or an array of one of those)")
     return value
 
 
@@ -220,6 +224,10 @@ def _params(body: dict) -> dict:
     for key in ("max_tokens", "max_completion_tokens"):
         if body.get(key) is not None:
             p["max_tokens"] = _number(body, key, lo=1, integer=True)
+    if body.get("ignore_eos") is not None:  # llama.cpp server's extension: a fixed answer length
+        if not isinstance(body["ignore_eos"], bool):
+            raise _Bad("ignore_eos must be true or false")
+        p["ignore_eos"] = body["ignore_eos"]
     if body.get("n") is not None and body["n"] != 1:
         raise _Bad("n must be 1: one completion per line")
     stop = body.get("stop")
@@ -639,9 +647,22 @@ class _Prompts:
         merged["grammar"] = self.grammar(fmt)
         if job.kind == "chat":
             _, tokens = self.model.format_chat(list(job.messages))
+        elif isinstance(job.prompt, tuple):
+            tokens = list(job.prompt)
+            n_vocab = self.n_vocab()
+            if n_vocab and max(tokens) >= n_vocab:  # llama_decode would fail the whole step, others included
+                raise _Bad(f"token id {max(tokens)} is outside the model's vocabulary ({n_vocab} tokens)")
         else:
             tokens = self.model.tokenize(job.prompt)
         return Request(tokens=tokens, sampling=Sampling(**merged), id=job.custom_id)
+
+    def n_vocab(self) -> int | None:
+        if not hasattr(self, "_n_vocab"):
+            m = self.model
+            # Model has no public vocabulary size yet: ask llama.cpp through the model's own handle
+            self._n_vocab = getattr(m, "n_vocab", None) or (
+                m._lib.llama_vocab_n_tokens(m.vocab) if hasattr(m, "_lib") else None)
+        return self._n_vocab
 
     def grammar(self, fmt: dict | None) -> str | None:
         if not fmt or fmt["kind"] == "text":
