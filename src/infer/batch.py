@@ -487,7 +487,10 @@ class Writer:
 
     def __init__(self, path: Path | None, *, group: int = FLUSH_LINES, seconds: float = FLUSH_SECONDS):
         self.path = path
-        self.fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644) if path else os.dup(1)
+        try:
+            self.fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644) if path else os.dup(1)
+        except OSError as e:
+            raise _os_error(e, path or Path("<stdout>")) from e
         self.regular = path is not None
         self.size = os.fstat(self.fd).st_size if self.regular else 0
         self.group, self.seconds = group, seconds
