@@ -19,7 +19,7 @@ EOG = 0
 class FakeBackend:
     """Each sequence 'generates' its last token + 1 (EOG at `eog_after` tokens); pieces are 't<N> '."""
 
-    def __init__(self, n_seq=2, n_ctx_seq=64, n_batch=16, eog_after=None):
+    def __init__(self, n_seq=2, n_ctx_seq=64, n_batch=16, eog_after=None, cycle=None):
         self.n_seq, self.n_ctx_seq, self.n_batch = n_seq, n_ctx_seq, n_batch
         self.kv = [[] for _ in range(n_seq)]
         self.pending = []
@@ -27,6 +27,7 @@ class FakeBackend:
         self.samplers_live = 0
         self.eog_after = eog_after
         self.fail_next = False
+        self.cycle = cycle  # tokens follow 1..cycle round and round (text that repeats: speculation hits)
 
     def add(self, token, pos, seq, logits):
         assert len(self.pending) < self.n_batch, "batch overflow"
@@ -51,6 +52,8 @@ class FakeBackend:
         sampler["n"] += 1
         if self.eog_after is not None and n_gen >= self.eog_after:
             return EOG
+        if self.cycle:
+            return token % self.cycle + 1
         return token + 1 if token + 1 != EOG else 1
 
     def forget(self, seq, start):
@@ -306,3 +309,59 @@ def test_ignore_eos_generates_the_full_budget():
     run_all(s)
     done = collect(drain(q)["a"])[1]
     assert done.finish_reason == "length" and done.usage.completion_tokens == 5
+
+
+def spec_run(prompt, max_tokens, lookup, cycle=5, **kw):
+    from infer.engine.speculate import Speculation
+
+    b = FakeBackend(n_seq=1, n_ctx_seq=256, n_batch=64, cycle=cycle)
+    s = Scheduler(b, threaded=False)
+    q = queue.SimpleQueue()
+    s.submit(Request(list(prompt), Sampling(temperature=0, max_tokens=max_tokens, **kw), id="a",
+                     speculation=Speculation(lookup=lookup, ngram=2)), sink=q)
+    run_all(s)
+    text, done = collect(drain(q)["a"])
+    return text, done, b, s
+
+
+def test_lookup_gives_the_same_text_in_fewer_decodes():
+    prompt = [1, 2, 3, 4, 5, 1, 2, 3, 4, 5, 1, 2]
+    plain, pdone, pb, _ = spec_run(prompt, 40, lookup=False)
+    fast, fdone, fb, s = spec_run(prompt, 40, lookup=True)
+    assert fast == plain and fdone.usage.completion_tokens == pdone.usage.completion_tokens == 40
+    assert fdone.usage.accepted > 20 and fdone.usage.accepted <= fdone.usage.drafted
+    assert len(fb.batches) < len(pb.batches) / 2
+    assert fb.kv[0] == s.slot_tokens[0]  # the KV holds exactly what the scheduler thinks
+
+
+def test_rejected_drafts_are_removed_from_the_kv():
+    prompt = [1, 2, 3, 4, 9, 9, 9, 1, 2, 3]  # after the first answer token (4), "3 4" was once followed by 9: wrong
+    plain, pdone, _, _ = spec_run(prompt, 12, lookup=False, cycle=9)
+    fast, fdone, fb, s = spec_run(prompt, 12, lookup=True, cycle=9)
+    assert fast == plain and fdone.usage.drafted > fdone.usage.accepted
+    assert fb.kv[0] == s.slot_tokens[0]
+
+
+@pytest.mark.parametrize("limit", [1, 2, 3, 7])
+def test_speculation_never_passes_the_token_budget_or_a_stop_string(limit):
+    prompt = [1, 2, 3, 4, 5, 1, 2, 3, 4, 5, 1, 2]
+    plain, pdone, _, _ = spec_run(prompt, limit, lookup=False)
+    fast, fdone, _, _ = spec_run(prompt, limit, lookup=True)
+    assert fast == plain and fdone.usage.completion_tokens == limit
+    plain, _, _, _ = spec_run(prompt, 30, lookup=False, stop=("t5 t1",))
+    fast, fdone, fb, s = spec_run(prompt, 30, lookup=True, stop=("t5 t1",))
+    assert fast == plain and fdone.finish_reason == "stop"
+    assert fb.kv[0] == s.slot_tokens[0]
+
+
+def test_drafting_stops_when_many_sequences_generate():
+    from infer.engine.speculate import Speculation
+
+    b = FakeBackend(n_seq=3, n_ctx_seq=256, n_batch=64, cycle=5)
+    s = Scheduler(b, threaded=False)
+    q = queue.SimpleQueue()
+    for i in range(3):
+        s.submit(Request([1, 2, 3, 4, 5, 1, 2], Sampling(temperature=0, max_tokens=10), id=str(i),
+                         speculation=Speculation(lookup=True, ngram=2, max_batch=2)), sink=q)
+    run_all(s)
+    assert all(collect(v)[1].usage.drafted == 0 for v in drain(q).values())

@@ -5,7 +5,8 @@ The CLI's `run` is a thin adapter over this module (and `chat` reuses its pieces
 from __future__ import annotations
 
 import codecs
-from dataclasses import replace
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import BinaryIO, Callable, Iterator
 
 from infer import resolve
@@ -229,30 +230,86 @@ def check_fits(model: Model, options: LoadOptions, n_prompt: int, max_tokens: in
                               f"but the context holds {ctx}", hint=overflow_hint(model, options, n_prompt, max_tokens))
 
 
+@dataclass(frozen=True)
+class CacheOptions:
+    """The prompt cache for `run` (see prompt_cache): on or off, its size cap, its directory."""
+
+    enabled: bool = False
+    max_bytes: int = 0
+    root: Path | None = None
+
+
 def run(resolved: resolve.Resolved, options: LoadOptions, sampling: Sampling, prompt: str, *, system: str | None = None,
         raw: bool = False, material: Material | None = None, notice: Callable[[str], None] = lambda m: None,
-        on_load: Callable[[Model], None] = lambda m: None) -> Iterator[Text | Done]:
+        on_load: Callable[[Model], None] = lambda m: None, cache: CacheOptions = CacheOptions(),
+        speculation=None) -> Iterator[Text | Done]:
     """Load the model, then read the piped material (bounded by what the context can hold), then stream
-    the answer to the material joined with the instruction `prompt`."""
+    the answer to the material joined with the instruction `prompt`. With the prompt cache, a saved state of
+    the prompt's longest cached prefix is restored first, and the prefix up to the end of the material (the
+    part the next question will share) is saved afterwards."""
     model = load(resolved, options, notice)
     on_load(model)
     try:
+        text = ""
         if material is not None:
-            prompt = join_prompt(prompt, _read_material(model, options, sampling, material, prompt, system, notice))
+            text = _read_material(model, options, sampling, material, prompt, system, notice)
+            prompt = join_prompt(prompt, text)
         if not prompt.strip():
             raise UsageError("no prompt: give one as arguments or pipe text on stdin", hint='infer run "Why is the sky blue?"')
         if raw:
-            tokens = model.tokenize(prompt)
+            rendered, tokens = prompt, model.tokenize(prompt)
         else:
             if not model.chat_template:
                 notice("this model has no chat template: using a generic ChatML template "
                        "(--raw sends the prompt as plain text)")
             messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
-            _, tokens = model.format_chat(messages)
+            rendered, tokens = model.format_chat(messages)
         check_fits(model, options, len(tokens), sampling.max_tokens)
-        yield from model.generate(tokens, sampling)
+        if not cache.enabled:
+            yield from model.generate(tokens, sampling, speculation)
+            return
+        yield from _cached_generate(model, resolved.name, cache, sampling, tokens,
+                                    _cut(model, rendered, tokens, text), notice, speculation)
     finally:
         model.close()
+
+
+def _cut(model: Model, rendered: str, tokens: list[int], material: str) -> int:
+    """Where the shareable prefix ends: after the piped material (the instruction that follows changes from run to
+    run), else before the prompt's last token."""
+    end = rendered.find(material) + len(material) if material.strip() else -1
+    if end <= 0:
+        return len(tokens) - 1
+    head = model.tokenize(rendered[:end], add_bos=tokens[0] == model.bos_token)
+    n = 0
+    for a, b in zip(head, tokens):
+        if a != b:
+            break
+        n += 1
+    return min(n, len(tokens) - 1)
+
+
+def _cached_generate(model: Model, name: str, opts: CacheOptions, sampling: Sampling, tokens: list[int], cut: int,
+                     notice: Callable[[str], None], speculation=None) -> Iterator[Text | Done]:
+    import time
+
+    from infer import prompt_cache
+
+    cache = prompt_cache.PromptCache(opts.root, model.cache_key(), name, opts.max_bytes, warn=notice)
+    t0 = time.perf_counter()
+    restored = 0
+    hit = cache.lookup(tokens)
+    if hit is not None and model.restore_prefix(tokens[:hit[0]], hit[1], model.plan_ctx(len(tokens), sampling.max_tokens)):
+        restored = hit[0]
+    restore_s = time.perf_counter() - t0
+    for event in model.generate(tokens, sampling, speculation):
+        if isinstance(event, Done):  # the time to first token includes reading the cache
+            t = event.timings
+            event = replace(event, timings=replace(t, ttft_s=t.ttft_s + restore_s, prompt_s=t.prompt_s + restore_s))
+        yield event
+    if cut >= prompt_cache.MIN_TOKENS and cut > restored:
+        prefix, state = model.snapshot_prefix(cut)
+        cache.store(prefix, state)
 
 
 def _read_material(model: Model, options: LoadOptions, sampling: Sampling, material: Material, instruction: str,

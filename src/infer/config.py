@@ -1,6 +1,8 @@
 """The user's config file: config.toml in infer's config dir.
 
     model = "qwen2.5:1.5b"      # default model when -m and INFER_MODEL are not given
+    cache = true                # `infer run` uses the prompt cache unless --no-cache
+    cache_size = "4G"           # the prompt cache's size cap
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-KEYS = {"model": str}
+KEYS = {"model": str, "cache": bool, "cache_size": str}
 
 
 def path() -> Path:

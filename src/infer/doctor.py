@@ -55,7 +55,7 @@ def report(model: str | None = None, n_ctx: int | None = None, kv_type: str = "f
     elif offload and not gpus:
         advice.append("this llama.cpp build has a GPU backend but found no GPU: models run on the CPU")
     paths = {"config": settings.config_dir(), "data": settings.data_dir(), "state": settings.state_dir(),
-             "models": settings.models_dir()}
+             "models": settings.models_dir(), "prompt_cache": settings.prompt_cache_dir()}
     data = {
         "infer": __version__, "llama_cpp_python": llama_cpp_version(), "python": platform.python_version(),
         "platform": f"{platform.system()} {platform.machine()}",

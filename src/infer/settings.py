@@ -82,6 +82,10 @@ def state_dir() -> Path:
     return _platform_dir("state")
 
 
+def prompt_cache_dir() -> Path:
+    return _platform_dir("cache") / "prompts"
+
+
 def models_dir() -> Path:
     """The store: INFER_MODELS, else HF_HUB_CACHE, else $HF_HOME/hub, else ~/.cache/huggingface/hub."""
     for var in (INFER_MODELS, HF_HUB_CACHE):

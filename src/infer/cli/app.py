@@ -68,7 +68,7 @@ def completion(shell: Annotated[str, typer.Argument(help="bash, zsh or fish.", s
 
 
 def _register() -> None:
-    from infer.cli import batch, bench, chat, doctor, models, run
+    from infer.cli import batch, bench, cache, chat, doctor, models, run
 
     commands = [
         ("run", run.run, run.EPILOG),
@@ -83,6 +83,7 @@ def _register() -> None:
         ("catalog", models.catalog_cmd, examples("infer catalog", "infer catalog --json")),
         ("bench", bench.bench, bench.EPILOG),
         ("doctor", doctor.doctor, doctor.EPILOG),
+        ("cache", cache.cache, cache.EPILOG),
         ("completion", completion, examples("infer completion bash > ~/.local/share/bash-completion/completions/infer")),
     ]
     for name, fn, epilog in commands:

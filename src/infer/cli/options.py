@@ -85,6 +85,17 @@ Mlock = Annotated[bool, typer.Option("--mlock", help="Lock the model in RAM (no 
 NoMmap = Annotated[bool, typer.Option("--no-mmap", help="Read the model into memory instead of mapping it.",
                                       rich_help_panel=CONTEXT)]
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Say which model is used and show llama.cpp's logs.")]
+SPECULATION = "Speculative decoding"
+Lookup = Annotated[bool, typer.Option(
+    "--lookup", help="Prompt-lookup speculative decoding: draft tokens from n-grams of the prompt and answer, kept only "
+    "when the model agrees (the same output, faster on text that repeats its input).", rich_help_panel=SPECULATION)]
+DraftMax = Annotated[Optional[int], typer.Option(
+    "--draft-max", help="Most tokens drafted per step (1-64). (default: 8)", rich_help_panel=SPECULATION, show_default=False)]
+DraftMin = Annotated[Optional[int], typer.Option(
+    "--draft-min", help="Fewest tokens worth a draft. (default: 2)", rich_help_panel=SPECULATION, show_default=False)]
+Ngram = Annotated[Optional[int], typer.Option(
+    "--ngram", help="Shortest n-gram that counts as a match (1-8). (default: 3)", rich_help_panel=SPECULATION,
+    show_default=False)]
 
 
 def sampling_values(**values) -> dict:
@@ -184,3 +195,40 @@ def _check_schema(node, where: str = "schema") -> None:
             _check_schema(node["items"], f"{where}.items")
     elif not isinstance(node, bool):
         raise UsageError(f"--schema: {where} must be an object")
+
+
+def cache_options(flag: bool | None, size: str | None):
+    """The prompt cache as the user asked: the flag, else config.toml's `cache`; the cap likewise."""
+    from infer import config, settings
+    from infer.complete import CacheOptions
+    from infer.prompt_cache import DEFAULT_MAX_BYTES, parse_size
+
+    conf = config.load()
+    enabled = flag if flag is not None else bool(conf.get("cache", False))
+    text = size if size is not None else conf.get("cache_size")
+    try:
+        max_bytes = parse_size(text) if text else DEFAULT_MAX_BYTES
+    except ValueError:
+        raise UsageError(f"--cache-size {text!r} is not a size", hint="e.g. 4G, 512M or a number of bytes") from None
+    return CacheOptions(enabled=enabled, max_bytes=max_bytes, root=settings.prompt_cache_dir())
+
+
+def build_speculation(lookup: bool, draft_max: int | None, draft_min: int | None, ngram: int | None):
+    """The speculation the user asked for (None: off); impossible values are refused, not clamped."""
+    from infer.engine import Speculation
+
+    if not lookup:
+        if any(v is not None for v in (draft_max, draft_min, ngram)):
+            raise UsageError("--draft-max, --draft-min and --ngram tune --lookup", hint="add --lookup")
+        return None
+    d = Speculation(lookup=True)
+    dmax = d.draft_max if draft_max is None else draft_max
+    dmin = d.draft_min if draft_min is None else draft_min
+    n = d.ngram if ngram is None else ngram
+    if not 1 <= dmax <= 64:
+        raise UsageError(f"--draft-max {dmax} is out of range", hint="use 1 to 64")
+    if not 1 <= dmin <= dmax:
+        raise UsageError(f"--draft-min {dmin} must be between 1 and --draft-max ({dmax})")
+    if not 1 <= n <= 8:
+        raise UsageError(f"--ngram {n} is out of range", hint="use 1 to 8")
+    return Speculation(lookup=True, draft_max=dmax, draft_min=dmin, ngram=n)

@@ -18,6 +18,8 @@ def stats_line(done, where: str = "") -> str:
         + (f", {u.cached_tokens} cached" if u.cached_tokens else "") + ")",
         f"gen {t.gen_tps:.1f} tok/s ({u.completion_tokens} tok)",
     ]
+    if u.drafted:
+        parts.append(f"draft {u.accepted}/{u.drafted} accepted ({u.accepted / u.drafted:.0%})")
     if where:
         parts.append(where)
     return " · ".join(parts)
@@ -29,7 +31,8 @@ def result_json(model: str, text: str, done) -> dict:
         "model": model,
         "text": text,
         "finish_reason": done.finish_reason,
-        "usage": {"prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens},
+        "usage": {"prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens,
+                  "cached_tokens": u.cached_tokens, "drafted_tokens": u.drafted, "accepted_tokens": u.accepted},
         "timings": {"load_s": round(t.load_s, 4), "ttft_s": round(t.ttft_s, 4),
                     "prompt_tps": round(t.prompt_tps, 2), "gen_tps": round(t.gen_tps, 2)},
     }

@@ -54,6 +54,16 @@ def run(
                                                rich_help_panel=o.OUTPUT, show_default=False)] = None,
     stats: Annotated[bool, typer.Option("--stats", help="After the answer, one line of timings on stderr.",
                                         rich_help_panel=o.OUTPUT)] = False,
+    lookup: o.Lookup = False,
+    draft_max: o.DraftMax = None,
+    draft_min: o.DraftMin = None,
+    ngram: o.Ngram = None,
+    cache: Annotated[Optional[bool], typer.Option(
+        "--cache/--no-cache", help="Reuse the saved KV state of a prompt's prefix, and save it for next time "
+        "(default: off, or `cache = true` in config.toml).", rich_help_panel=o.CONTEXT, show_default=False)] = None,
+    cache_size: Annotated[Optional[str], typer.Option(
+        "--cache-size", help="Size cap of the prompt cache, e.g. 4G (default: 4G, or `cache_size` in config.toml).",
+        rich_help_panel=o.CONTEXT, show_default=False)] = None,
     verbose: o.Verbose = False,
 ) -> None:
     """Answer one prompt and exit: text streams to stdout, nothing else does."""
@@ -83,6 +93,8 @@ def run(
     try:
         show_where = (lambda m: console.info(f"running on: {m.where}")) if verbose or stats else (lambda m: None)
         for event in complete.run(resolved, load, sampling, instruction, system=system, raw=raw, material=material,
+                                  cache=o.cache_options(cache, cache_size),
+                                  speculation=o.build_speculation(lookup, draft_max, draft_min, ngram),
                                   notice=console.warn, on_load=show_where):
             if isinstance(event, complete.Text):
                 chunks.append(event.text)

@@ -15,6 +15,8 @@ class Usage:
     prompt_tokens: int
     completion_tokens: int
     cached_tokens: int = 0
+    drafted: int = 0  # tokens proposed by speculation
+    accepted: int = 0  # of which the model kept
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ from infer import hardware
 from infer.engine.events import Event
 from infer.engine.sampling import Sampling
 from infer.engine.scheduler import Request, Scheduler
+from infer.engine.speculate import Speculation
 from infer.errors import BadModel, ContextOverflow, InferError, UsageError
 from infer.gguf_meta import check_gguf
 
@@ -170,6 +171,10 @@ class Model:
             add_bos = self._model.add_bos_token()
         return self._model.tokenize(text.encode("utf-8"), add_bos=add_bos, special=special)
 
+    @property
+    def bos_token(self) -> int:
+        return self._model.token_bos()
+
     def token_text(self, token: int) -> str:
         return self._model.token_get_text(token) if token >= 0 else ""
 
@@ -258,7 +263,7 @@ class Model:
                 + (f" (this model was trained for {self.n_ctx_train})" if self.n_ctx_train else ""),
             )
 
-    def generate(self, tokens: list[int], sampling: Sampling) -> Iterator[Event]:
+    def generate(self, tokens: list[int], sampling: Sampling, speculation: Speculation | None = None) -> Iterator[Event]:
         """One request through the scheduler (one sequence; the cached prefix of the last request is reused).
         Leaving the iteration early (Ctrl-C, a closed generator) cancels the request and waits for its slot."""
         n_ctx = self.plan_ctx(len(tokens), sampling.max_tokens)
@@ -266,7 +271,31 @@ class Model:
         sched = self.scheduler(1, n_ctx)
         if sampling.max_tokens is None:  # as before: the answer may use the planned context, no more
             sampling = replace(sampling, max_tokens=n_ctx - len(tokens))
-        yield from sched.submit(Request(tokens, sampling))
+        yield from sched.submit(Request(tokens, sampling, speculation=speculation))
+
+    def restore_prefix(self, tokens: list[int], state: bytes, n_ctx: int) -> bool:
+        """Put a saved KV state of `tokens` into the one-sequence context of size n_ctx (as generate() will plan it),
+        so that the next request starting with `tokens` reads only the rest."""
+        sched = self.scheduler(1, n_ctx)
+        ok = sched.backend.load_seq(0, state)
+        sched.slot_tokens[0][:] = list(tokens) if ok else []
+        return ok
+
+    def snapshot_prefix(self, n: int) -> tuple[list[int], bytes]:
+        """The first n tokens of the one-sequence context and their KV state (the rest is dropped)."""
+        sched = self._sched
+        sched.backend.forget(0, n)
+        del sched.slot_tokens[0][n:]
+        return list(sched.slot_tokens[0]), sched.backend.save_seq(0)
+
+    def cache_key(self) -> dict:
+        """What a saved KV state depends on (see prompt_cache)."""
+        from infer.prompt_cache import model_identity
+
+        lib, o = self._lib, self.options
+        return {"model": model_identity(self.path), "llama_cpp": getattr(lib, "__version__", "?"),
+                "build": system_info(), "kv_type": o.kv_type, "flash_attn": o.flash_attn, "where": self.where,
+                "gpu_layers": o.n_gpu_layers}
 
     def cancel_all(self) -> None:
         """Cancel whatever is generating (chat's Ctrl-C: called from the signal handler)."""
@@ -421,6 +450,22 @@ class LlamaBackend:
             self._buf = ctypes.create_string_buffer(-n)
             n = self._lib.llama_token_to_piece(self.vocab, token, self._buf, len(self._buf), 0, False)
         return self._buf.raw[:n]
+
+    def save_seq(self, seq: int) -> bytes:
+        """The sequence's KV state (llama.cpp's own format) as bytes."""
+        lib = self._lib
+        size = lib.llama_state_seq_get_size(self.ctx, seq)
+        buf = (ctypes.c_uint8 * size)()
+        n = lib.llama_state_seq_get_data(self.ctx, buf, size, seq)
+        return ctypes.string_at(buf, n)
+
+    def load_seq(self, seq: int, data: bytes) -> bool:
+        """Restore a state saved by save_seq into `seq`; False (and the sequence empty) when llama.cpp refuses it."""
+        buf = (ctypes.c_uint8 * len(data)).from_buffer_copy(data)
+        if self._lib.llama_state_seq_set_data(self.ctx, buf, len(data), seq) == 0:
+            self.forget(seq, 0)
+            return False
+        return True
 
     def synchronize(self) -> None:
         self._lib.llama_synchronize(self.ctx)

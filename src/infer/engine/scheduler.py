@@ -32,6 +32,7 @@ from typing import Iterator, Protocol
 
 from infer.engine.events import Done, Failed, Text, Timings, Usage
 from infer.engine.sampling import Sampling, StopMatcher
+from infer.engine.speculate import Lookup, Speculation
 from infer.errors import ContextOverflow, InferError
 
 PREFILL_CHUNK = 512  # prompt tokens a step may add while other sequences are generating
@@ -60,6 +61,7 @@ class Request:
     tokens: list[int]
     sampling: Sampling
     id: str = ""
+    speculation: Speculation | None = None
 
 
 class Handle:
@@ -121,6 +123,8 @@ class _Seq:
     t_submit: float
     t_admit: float
     pending: int | None = None  # the last sampled token, decoded at the next step
+    spec: Lookup | None = None  # prompt-lookup speculation, when the request asked for it
+    draft: list[int] = field(default_factory=list)  # tokens proposed in the batch being decoded
     logits_at: int = -1  # its index in the batch being decoded, when it wants logits
     n_gen: int = 0
     t_first: float | None = None
@@ -283,17 +287,22 @@ class Scheduler:
         seq = _Seq(handle=handle, slot=slot, prompt=req.tokens, budget=budget, sampler=sampler, cached=cached,
                    read=cached, t_submit=t_submit, t_admit=time.perf_counter(),
                    stops=StopMatcher(req.sampling.stop))
+        if req.speculation is not None and req.speculation.lookup:
+            seq.spec = Lookup(req.tokens, req.speculation)
         self.slot_used[slot] = next(self._clock)
         self.active[slot] = seq
 
     def _schedule(self) -> list[_Seq]:
-        """Fill the batch: every generating sequence's next token, then prompt chunks in arrival order."""
+        """Fill the batch: every generating sequence's next token (and its draft, when it speculates), then
+        prompt chunks in arrival order."""
         fed: list[_Seq] = []
         self._n_batched = 0
+        generating = sum(1 for s in self.active.values() if s.pending is not None)
         for seq in self.active.values():
             seq.logits_at = -1
             if seq.pending is not None:
-                self._feed(seq, [seq.pending], logits_last=True)
+                seq.draft = self._draft(seq, generating)
+                self._feed(seq, [seq.pending, *seq.draft], logits_from=0)
                 seq.pending = None
                 fed.append(seq)
         room = self.backend.n_batch - self._n_batched
@@ -306,48 +315,85 @@ class Scheduler:
             if left <= 0 or seq in fed:
                 continue
             take = min(left, room)
-            self._feed(seq, seq.prompt[seq.read:seq.read + take], logits_last=(take == left))
+            self._feed(seq, seq.prompt[seq.read:seq.read + take], logits_from=take - 1 if take == left else take)
             seq.read += take
             room -= take
             fed.append(seq)
         return fed
 
-    def _feed(self, seq: _Seq, tokens: list[int], *, logits_last: bool) -> None:
+    def _draft(self, seq: _Seq, generating: int) -> list[int]:
+        """A speculative proposal to verify beside the pending token: never past the token budget or the batch."""
+        if seq.spec is None or generating > seq.spec.spec.max_batch:
+            return []
+        room = min(seq.budget - seq.n_gen - 1, self.backend.n_batch - self._n_batched - generating)
+        return seq.spec.propose()[:max(0, room)] if room >= seq.spec.spec.draft_min else []
+
+    def _feed(self, seq: _Seq, tokens: list[int], *, logits_from: int) -> None:
+        """Add tokens to the batch; those from index `logits_from` on get logits."""
         held = self.slot_tokens[seq.slot]
+        start = self._n_batched
         for i, token in enumerate(tokens):
-            self.backend.add(token, len(held), seq.slot, logits_last and i == len(tokens) - 1)
+            self.backend.add(token, len(held), seq.slot, i >= logits_from)
             held.append(token)
         self._n_batched += len(tokens)
-        if logits_last:
-            seq.logits_at = self._n_batched - 1
+        if logits_from < len(tokens):
+            seq.logits_at = start + logits_from
 
     def _postprocess(self, fed: list[_Seq]) -> None:
-        b = self.backend
         now = time.perf_counter()
         for seq in fed:
             if seq.logits_at < 0:
                 continue  # a prompt chunk that is not the last: nothing to sample yet
             if seq.t_read is None:
                 seq.t_read = now
-            token = b.sample(seq.sampler, seq.logits_at)
-            if b.is_eog(token) and not seq.handle.request.sampling.ignore_eos:
-                self._finish(seq, reason="stop")
-                continue
-            seq.n_gen += 1
-            if seq.t_first is None:
-                seq.t_first = time.perf_counter()
-            piece = seq.decoder.decode(b.piece(token))
-            if piece:
-                text, hit = seq.stops.feed(piece)
-                if text:
-                    seq.handle._emit(Text(text))
-                if hit:
-                    self._finish(seq, reason="stop", flush=False)
+            draft, seq.draft = seq.draft, []
+            held = self.slot_tokens[seq.slot]
+            base = len(held) - len(draft)  # where the draft starts in the KV
+            accepted = 0
+            for j in range(len(draft) + 1):
+                token = self.backend.sample(seq.sampler, seq.logits_at + j)
+                if not self._take(seq, token):  # finished: what follows in the KV is not the answer
+                    self._trim(seq.slot, base + j)
+                    break
+                if j < len(draft) and token == draft[j]:
+                    accepted += 1  # the model produced the drafted token: it is in the KV already
                     continue
-            if seq.n_gen >= seq.budget:
-                self._finish(seq, reason="length")
-            else:
                 seq.pending = token
+                self._trim(seq.slot, base + j)
+                break
+            if seq.spec is not None and draft:
+                seq.spec.result(len(draft), accepted)
+
+    def _trim(self, slot: int, n: int) -> None:
+        held = self.slot_tokens[slot]
+        if len(held) > n:
+            self.backend.forget(slot, n)
+            del held[n:]
+
+    def _take(self, seq: _Seq, token: int) -> bool:
+        """One sampled token: emit its text, or finish the sequence (end of generation, stop string, budget).
+        True while the sequence goes on."""
+        b = self.backend
+        if b.is_eog(token) and not seq.handle.request.sampling.ignore_eos:
+            self._finish(seq, reason="stop")
+            return False
+        seq.n_gen += 1
+        if seq.t_first is None:
+            seq.t_first = time.perf_counter()
+        if seq.spec is not None:
+            seq.spec.extend([token])
+        piece = seq.decoder.decode(b.piece(token))
+        if piece:
+            text, hit = seq.stops.feed(piece)
+            if text:
+                seq.handle._emit(Text(text))
+            if hit:
+                self._finish(seq, reason="stop", flush=False)
+                return False
+        if seq.n_gen >= seq.budget:
+            self._finish(seq, reason="length")
+            return False
+        return True
 
     def _finish(self, seq: _Seq, reason: str = "stop", *, flush: bool = True, failed: InferError | None = None) -> None:
         b = self.backend
@@ -376,7 +422,8 @@ class Scheduler:
         evaluated = len(seq.prompt) - seq.cached
         return Done(
             finish_reason=reason,
-            usage=Usage(prompt_tokens=len(seq.prompt), completion_tokens=seq.n_gen, cached_tokens=seq.cached),
+            usage=Usage(prompt_tokens=len(seq.prompt), completion_tokens=seq.n_gen, cached_tokens=seq.cached,
+                        drafted=seq.spec.drafted if seq.spec else 0, accepted=seq.spec.accepted if seq.spec else 0),
             timings=Timings(load_s=self.load_s, ttft_s=first - seq.t_submit, prompt_s=prompt_s, gen_s=gen_s,
                             prompt_tps=evaluated / prompt_s if prompt_s > 0 else 0.0,
                             gen_tps=(seq.n_gen - 1) / gen_s if seq.n_gen > 1 and gen_s > 0 else 0.0,

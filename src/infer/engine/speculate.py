@@ -1,0 +1,81 @@
+"""Speculative decoding by prompt lookup: propose the tokens that followed the last time the text's
+most recent n-gram appeared (in the prompt or the answer so far); the scheduler verifies a proposal in
+the same decode as the sequence's next token and keeps the tokens the model would have produced itself.
+
+Sampling never changes: every position is sampled with the sequence's own sampler, in order, exactly as
+without speculation (the same calls, the same random draws); a draft token is kept only when that sample
+equals it. So at temperature 0 the text is the one plain decoding gives, and at any temperature the
+distribution is the model's.
+
+The proposer adapts: the draft grows after a full acceptance and shrinks to what was accepted after a
+miss; after several misses in a row it pauses for a while. The scheduler also stops drafting when
+enough sequences decode together that the batch already keeps the hardware busy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Speculation:
+    lookup: bool = False
+    draft_max: int = 8  # most tokens proposed in one step
+    draft_min: int = 2  # fewer than this is not worth a wider decode
+    ngram: int = 3  # shortest n-gram that counts as a match (up to ngram + 1 is tried first)
+    max_batch: int = 2  # no drafts while more sequences than this are generating
+
+
+PAUSE_AFTER_MISSES = 4  # misses in a row before pausing
+PAUSE_TOKENS = 16  # how many tokens the pause lasts
+
+
+class Lookup:
+    """The n-gram index of one sequence's tokens, and its adaptive draft length."""
+
+    def __init__(self, tokens: list[int], spec: Speculation):
+        self.spec = spec
+        self.tokens: list[int] = []
+        self.sizes = range(spec.ngram + 1, spec.ngram - 1, -1)
+        self.index: dict[int, dict[tuple, int]] = {n: {} for n in self.sizes}
+        self.n_draft = spec.draft_max
+        self.misses = 0
+        self.paused = 0
+        self.drafted = 0
+        self.accepted = 0
+        self.extend(tokens)
+
+    def extend(self, tokens: list[int]) -> None:
+        for token in tokens:
+            self.tokens.append(token)
+            i = len(self.tokens) - 1  # the position of the new token: each n-gram before it now has a successor
+            for n in self.sizes:
+                if i >= n:
+                    self.index[n][tuple(self.tokens[i - n:i])] = i
+
+    def propose(self) -> list[int]:
+        if self.paused > 0:
+            self.paused -= 1
+            return []
+        for n in self.sizes:
+            if len(self.tokens) < n:
+                continue
+            at = self.index[n].get(tuple(self.tokens[-n:]))
+            if at is not None and at < len(self.tokens):
+                draft = self.tokens[at:at + self.n_draft]
+                if len(draft) >= self.spec.draft_min:
+                    return draft
+        return []
+
+    def result(self, drafted: int, accepted: int) -> None:
+        """Adapt to how much of a proposal the model kept."""
+        self.drafted += drafted
+        self.accepted += accepted
+        if accepted == drafted:
+            self.n_draft = min(self.spec.draft_max, self.n_draft + 2)
+            self.misses = 0
+        else:
+            self.n_draft = max(self.spec.draft_min, accepted + 1)
+            self.misses = self.misses + 1 if accepted == 0 else 0
+            if self.misses >= PAUSE_AFTER_MISSES:
+                self.paused, self.misses = PAUSE_TOKENS, 0
