@@ -83,7 +83,7 @@ def main() -> None:
         from native import native_dir
 
         args.bin = native_dir() / "build" / "bin"
-    for tool in ("llama-batched-bench", "llama-server"):
+    for tool in ("llama-batched-bench", *(() if args.skip_server else ("llama-server",))):
         if not (args.bin / tool).exists():
             raise SystemExit(f"{args.bin / tool} is missing: run `python benchmarks/native.py build` first")
     head = ("k", "infer batch", "bb e2e", "ratio", "bb S_TG", "server e2e", "ratio", "infer wall s")
