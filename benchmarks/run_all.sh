@@ -14,4 +14,4 @@ $PY benchmarks/pull.py --mb 512 -r 3
 $PY benchmarks/chat_ttft.py --turns 12
 $PY benchmarks/fit.py -c 512 -c 2048 -c 4096 -c 8192
 $PY benchmarks/big_input.py -r 5
-$PY benchmarks/batch.py -P 1 -P 4 -P 8
+$PY benchmarks/batch.py --parallel 1 4 8 --rounds 2
