@@ -1,6 +1,6 @@
 """Native llama.cpp next to infer, same model and threads.
 
-    python benchmarks/native.py build        # once: build llama-bench, llama-completion, llama-server into benchmarks/.cache
+    python benchmarks/native.py build        # once: build llama-bench, llama-completion, llama-batched-bench, llama-server into benchmarks/.cache
     python benchmarks/native.py [-r 5]       # llama-bench vs `infer bench`, interleaved; prints ratios
 
 The native tools come from the vendored llama.cpp inside the llama-cpp-python source distribution
@@ -22,7 +22,7 @@ from pathlib import Path
 from common import HERE, infer_bin, save, summary, table, test_model
 
 CACHE = HERE / ".cache"
-TARGETS = ("llama-bench", "llama-completion", "llama-server")  # llama-server: benchmarks/serve.py
+TOOLS = ("llama-bench", "llama-completion", "llama-batched-bench", "llama-server")
 
 
 def native_dir() -> Path:
@@ -45,7 +45,7 @@ def build() -> None:
             tar.extractall(CACHE / "extract", filter="data")
         src.parent.mkdir(parents=True, exist_ok=True)
         (CACHE / "extract" / f"llama_cpp_python-{version}" / "vendor" / "llama.cpp").rename(src)
-    if all(tool(t).exists() for t in TARGETS):
+    if all(tool(name).exists() for name in TOOLS):
         print("already built:", native_dir() / "build" / "bin")
         return
     build_dir = native_dir() / "build"
@@ -54,8 +54,8 @@ def build() -> None:
                     "-DLLAMA_CURL=OFF", "-DLLAMA_BUILD_SERVER=ON", "-DLLAMA_BUILD_UI=OFF", "-DLLAMA_USE_PREBUILT_UI=OFF",
                     *os.environ.get("CMAKE_ARGS", "").split()], check=True)
     subprocess.run(["cmake", "--build", str(build_dir), "-j", str(os.cpu_count() or 2),
-                    "--target", *TARGETS], check=True)
-    print("built:", *(tool(t) for t in TARGETS))
+                    "--target", *TOOLS], check=True)
+    print("built:", *(tool(name) for name in TOOLS))
 
 
 def llama_bench(model: Path, threads: int, pp: int, tg: int, reps: int) -> dict:

@@ -18,3 +18,4 @@ $PY benchmarks/chat_ttft.py --turns 12
 $PY benchmarks/render.py -r 3 --e2e
 $PY benchmarks/fit.py -c 512 -c 2048 -c 4096 -c 8192
 $PY benchmarks/big_input.py -r 5
+$PY benchmarks/batch.py --parallel 1 4 8 --rounds 2

@@ -18,6 +18,7 @@ class ExitCode(IntEnum):
     NO_SPACE = 8
     DISK = 8  # the same code: a local disk error (no space, read-only, permission denied)
     AUTH = 9
+    PARTIAL = 10
     INTERRUPTED = 130
 
 
@@ -33,6 +34,7 @@ EXIT_CODE_DOCS: dict[ExitCode, str] = {
     ExitCode.NO_SPACE: "disk error or not enough memory: no space left, the store or data dir not writable "
                        "(read-only, permission denied), or the model does not fit in memory",
     ExitCode.AUTH: "gated or private repo: authentication required",
+    ExitCode.PARTIAL: "batch finished, but some lines failed: their error lines are in the output",
     ExitCode.INTERRUPTED: "interrupted (Ctrl-C)",
 }
 
@@ -98,3 +100,7 @@ def disk_error(e: OSError, doing: str, path=None) -> DiskError:
 
 class AuthError(InferError):
     exit_code = ExitCode.AUTH
+
+
+class PartialFailure(InferError):
+    exit_code = ExitCode.PARTIAL

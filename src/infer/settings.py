@@ -25,13 +25,13 @@ class EnvVar:
         return (self.get() or "").strip().lower() in {"1", "true", "yes", "on"}
 
 
-INFER_MODEL = EnvVar("INFER_MODEL", "Default model reference when -m is not given.", ("run", "chat", "bench", "show", "embed"))
+INFER_MODEL = EnvVar("INFER_MODEL", "Default model reference when -m is not given.", ("run", "chat", "batch", "bench", "show", "embed"))
 INFER_MODELS = EnvVar("INFER_MODELS", "Model store directory (Hugging Face cache layout). Default: HF_HUB_CACHE.")
 INFER_HOME = EnvVar("INFER_HOME", "Put infer's config, data and state under this one directory.")
 INFER_OFFLINE = EnvVar("INFER_OFFLINE", "1: never touch the network; run/chat will not auto-pull.")
 INFER_DEBUG = EnvVar("INFER_DEBUG", "1: show Python tracebacks for errors.")
-HF_TOKEN = EnvVar("HF_TOKEN", "Hugging Face token for gated or private repos.", ("pull", "run", "chat", "embed"))
-HF_ENDPOINT = EnvVar("HF_ENDPOINT", "Hugging Face Hub endpoint (a mirror). Default: https://huggingface.co.", ("pull", "run", "chat", "embed"))
+HF_TOKEN = EnvVar("HF_TOKEN", "Hugging Face token for gated or private repos.", ("pull", "run", "chat", "batch", "embed"))
+HF_ENDPOINT = EnvVar("HF_ENDPOINT", "Hugging Face Hub endpoint (a mirror). Default: https://huggingface.co.", ("pull", "run", "chat", "batch", "embed"))
 HF_HUB_CACHE = EnvVar("HF_HUB_CACHE", "Hugging Face cache directory, used as the store when INFER_MODELS is unset.")
 HF_HOME = EnvVar("HF_HOME", "Hugging Face home; the store is $HF_HOME/hub when nothing more specific is set.")
 HF_HUB_OFFLINE = EnvVar("HF_HUB_OFFLINE", "1: same as INFER_OFFLINE.")

@@ -50,12 +50,13 @@ def root(
 
 
 def _register() -> None:
-    from infer.cli import bench, cache, chat, doctor, embed, models, run, serve
+    from infer.cli import batch, bench, cache, chat, doctor, embed, models, run, serve
     from infer.cli.completion import completion
 
     commands = [
         ("run", run.run, run.EPILOG),
         ("chat", chat.chat, chat.EPILOG),
+        ("batch", batch.batch, batch.EPILOG),
         ("pull", models.pull, models.PULL_EPILOG),
         ("list", models.list_models, examples("infer list", "infer list --json | jq '.models[].name'")),
         ("show", models.show, examples("infer show smollm2", "infer show smollm2 --template",

@@ -1,0 +1,163 @@
+"""`infer batch`: a JSONL file of requests through the scheduler, results to a JSONL file, resumable."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from infer.cli import console, options as o, render
+from infer.errors import UsageError
+
+EPILOG = """\
+Examples:
+
+\b
+  infer batch requests.jsonl -o results.jsonl
+  infer batch requests.jsonl -o results.jsonl --parallel 8 --seed 1
+  printf '{"prompt": "Name a colour."}\\n' | infer batch - -o out.jsonl
+  infer batch requests.jsonl -o results.jsonl --json | jq .failed
+"""
+
+DEFAULT_PARALLEL = 4
+DEFAULT_CTX = 4096
+
+
+def batch(
+    input_path: Annotated[str, typer.Argument(
+        metavar="INPUT", help="Requests, one JSON object a line (OpenAI Batch format, or {\"prompt\"|\"messages\": ...}); "
+        "'-' reads stdin.", show_default=False)],
+    output: Annotated[Optional[str], typer.Option(
+        "--output", "-o", help="Results file (JSONL), appended to and resumed. '-' writes to stdout (no resume). "
+        "(default: INPUT with .output.jsonl; stdout when INPUT is '-')", show_default=False)] = None,
+    model: o.Model = None,
+    quant: o.Quant = None,
+    parallel: Annotated[int, typer.Option(
+        "--parallel", min=1, max=256, help="Sequences decoded together (continuous batching).")] = DEFAULT_PARALLEL,
+    ctx_size: Annotated[Optional[int], typer.Option(
+        "--ctx-size", "-c", min=16, help=f"Context per sequence in tokens; the KV cache holds parallel x this. "
+        f"A line that does not fit is an error line. (default: {DEFAULT_CTX}, capped by the model's)",
+        rich_help_panel=o.CONTEXT, show_default=False)] = None,
+    seed: Annotated[Optional[int], typer.Option(
+        "--seed", min=0, help="Base seed: a line without its own seed gets one derived from this and its custom_id.",
+        rich_help_panel=o.SAMPLING, show_default=False)] = None,
+    max_tokens: Annotated[Optional[int], typer.Option(
+        "--max-tokens", "-n", min=1, help="Most tokens per answer, for lines that set no max_tokens. "
+        "(default: until the model stops or the sequence's context is full)",
+        rich_help_panel=o.SAMPLING, show_default=False)] = None,
+    threads: o.Threads = None,
+    gpu_layers: o.GpuLayers = None,
+    kv_type: o.KvType = "f16",
+    flash_attn: o.FlashAttn = "auto",
+    mlock: o.Mlock = False,
+    no_mmap: o.NoMmap = False,
+    force: Annotated[bool, typer.Option(
+        "--force", help="Overwrite an output file that holds results of another input or model.")] = False,
+    json_out: Annotated[bool, typer.Option(
+        "--json", help="Print the summary as one JSON object on stdout.", rich_help_panel=o.OUTPUT)] = False,
+    verbose: o.Verbose = False,
+) -> None:
+    """Run every request of a JSONL file; write one result line per request as it finishes.
+
+    Rerunning the same command after a crash, kill or Ctrl-C finishes what is left: every input line
+    ends up exactly once in the output. Exit 0 only when every line succeeded (10: some lines failed;
+    their error lines are in the output)."""
+    from infer import batch as core, complete
+    from infer.cli.progress import CliReporter
+    from infer.errors import PartialFailure
+
+    to_stdout = output == "-" or (output is None and input_path == "-")
+    if to_stdout and json_out:
+        raise UsageError("--json prints the summary on stdout, where the results would go", hint="give -o FILE")
+    src = core.spool_stdin(sys.stdin.buffer) if input_path == "-" else Path(input_path)
+    try:
+        if src.is_dir():
+            raise UsageError(f"{src} is a directory, not a JSONL file")
+        out = None if to_stdout else Path(output) if output else src.with_name(src.stem + ".output.jsonl")
+        if out is not None and out.is_dir():
+            raise UsageError(f"{out} is a directory", hint="give -o a file name")
+        if out is not None and src.exists() and out.exists() and out.resolve() == src.resolve():
+            raise UsageError("the output file is the input file", hint="give another -o")
+        scan = core.scan(src)  # duplicate custom_ids are refused here, before anything else
+        resolved = complete.prepare(model, quant=quant, reporter=CliReporter())
+        identity = {"name": resolved.name, "file": resolved.path.name, "size": resolved.path.stat().st_size}
+        existing = core.open_output(out, core.fingerprint(scan, identity), force=force) if out else core.Existing()
+        if existing.repaired:
+            console.warn(f"{out}: cut a torn last line ({existing.repaired} bytes) left by an interrupted run")
+        per_seq = ctx_size or resolved.defaults.get("ctx_size") or DEFAULT_CTX
+        parallel = max(1, min(parallel, scan.requests - existing.done))  # no KV cells for sequences never used
+        load = o.build_load(per_seq * parallel, threads, gpu_layers, verbose, resolved.defaults, kv_type=kv_type,
+                            flash_attn=flash_attn, mlock=mlock, no_mmap=no_mmap)
+        writer = core.Writer(out)
+        summary = None
+        try:
+            if existing.done < scan.requests:
+                loaded = complete.load(resolved, load, console.warn)
+                try:
+                    if not ctx_size and loaded.n_ctx_train > 0:
+                        per_seq = min(per_seq, loaded.n_ctx_train)
+                    settings = core.Settings(parallel=parallel, ctx_size=per_seq, seed=seed, max_tokens=max_tokens,
+                                             defaults=resolved.defaults, model_name=resolved.name)
+                    if verbose:
+                        console.info(f"model: {resolved.name} on {loaded.where}; {parallel} sequences of {per_seq} tokens")
+                    with _progress(scan.requests, existing.done, quiet=json_out) as progress:
+                        summary = core.execute(src, writer, existing, loaded, settings, scan.requests, progress)
+                finally:
+                    loaded.close()
+            else:
+                summary = core.Summary(requests=scan.requests, done_before=existing.done, ok=len(existing.ok),
+                                       failed=len(existing.failed))
+        finally:
+            writer.close()
+    finally:
+        if input_path == "-":
+            src.unlink(missing_ok=True)
+    where = "stdout" if out is None else str(out)
+    console.info(_summary_line(summary, where))
+    if json_out:
+        render.print_json({"input": input_path, "output": where, "model": resolved.name, **summary.as_dict()})
+    if summary.interrupted:
+        raise KeyboardInterrupt
+    if summary.failed:
+        raise PartialFailure(f"{summary.failed} of {summary.requests} lines failed: their error lines are in {where}")
+
+
+def _summary_line(s, where: str) -> str:
+    head = "interrupted" if s.interrupted else "done"
+    parts = [f"batch {head}: {s.ok + s.failed}/{s.requests} lines", f"{s.ok} ok", f"{s.failed} failed"]
+    if s.done_before:
+        parts.append(f"{s.done_before} from an earlier run")
+    parts.append(f"{s.completion_tokens} tokens in {s.wall_s:.1f} s ({s.tokens_per_s:.1f} tok/s)")
+    line = " · ".join(parts) + f" -> {where}"
+    return line + ("; rerun the same command to finish" if s.interrupted else "")
+
+
+class _progress:
+    """A Rich bar on stderr on a TTY (lines done/total, tok/s, ETA); nothing otherwise."""
+
+    def __init__(self, total: int, done: int, quiet: bool):
+        self.total, self.done = total, done
+        self.on = not quiet and console.is_tty(sys.stderr)
+        self.bar = None
+
+    def __enter__(self):
+        if not self.on:
+            return lambda s: None
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.bar = Progress(TextColumn("batch"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[tps]}"),
+                            TimeRemainingColumn(), console=console.err(), transient=True)
+        self.bar.__enter__()
+        task = self.bar.add_task("batch", total=self.total, completed=self.done, tps="")
+
+        def update(s) -> None:
+            self.bar.update(task, completed=s.ok + s.failed, tps=f"{s.tokens_per_s:.1f} tok/s")
+
+        return update
+
+    def __exit__(self, *exc):
+        if self.bar is not None:
+            self.bar.__exit__(*exc)
+        return False
