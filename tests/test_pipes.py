@@ -30,8 +30,11 @@ def closed_early(env: dict, args: list[str], read: int) -> subprocess.CompletedP
     if read:
         proc.stdout.read(read)
     proc.stdout.close()
-    proc.stdin.write(b"Hi!\n")  # chat reads its script from stdin; the others ignore it
-    proc.stdin.close()
+    try:
+        proc.stdin.write(b"Hi!\n")  # chat reads its script from stdin; the others ignore it (and may be gone)
+        proc.stdin.close()
+    except BrokenPipeError:
+        pass
     err = proc.stderr.read()
     code = proc.wait(timeout=300)
     return subprocess.CompletedProcess(args, code, b"", err)

@@ -215,6 +215,7 @@ class Scheduler:
 
     # -- the loop --------------------------------------------------------------------------
     def _loop(self) -> None:
+        _keep_signals_for_the_main_thread()
         while True:
             with self._cond:
                 while not self._closed and not self.waiting and not self.active:
@@ -437,6 +438,18 @@ class Scheduler:
             h._emit(Failed(error))
         for seq in list(self.active.values()):
             self._finish(seq, failed=error)
+
+
+def _keep_signals_for_the_main_thread() -> None:
+    """Block Ctrl-C and SIGTERM in this thread (and in llama.cpp's worker threads, which inherit the mask when
+    the first decode starts them here): a signal the kernel hands to this thread instead of the main one would
+    never wake the main thread out of input() or select(), and a chat would hang at its prompt."""
+    import signal
+
+    try:
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    except (AttributeError, OSError, ValueError):  # not on this platform
+        pass
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:
