@@ -389,6 +389,16 @@ class Model:
         self._model.close()
 
 
+def _new_context(model: Model, params, what: str, hint: str):
+    """A llama.cpp context for `model` (Ctrl-C deferred while it is made); a failure is one clear error."""
+    try:
+        with _DeferredInterrupt():
+            return model._internals.LlamaContext(model=model._model, params=params, verbose=model.options.verbose)
+    except ValueError as e:
+        detail = _last_log_error()
+        raise InferError(f"llama.cpp could not create a {what}" + (f": {detail}" if detail else ""), hint=hint) from e
+
+
 _GREEDY = object()  # the sampler of a plain greedy request: an argmax, no llama.cpp sampler chain
 
 
@@ -414,13 +424,7 @@ class LlamaBackend:
                                   "off": lib.LLAMA_FLASH_ATTN_TYPE_DISABLED}[opts.flash_attn]
         params.type_k = params.type_v = KV_TYPES[opts.kv_type]
         params.no_perf = True
-        try:
-            with _DeferredInterrupt():
-                self._ctx = model._internals.LlamaContext(model=model._model, params=params, verbose=opts.verbose)
-        except ValueError as e:
-            detail = _last_log_error()
-            raise InferError(f"llama.cpp could not create a {n_ctx}-token context" + (f": {detail}" if detail else ""),
-                             hint="try a smaller --ctx-size, or --kv-type q8_0") from e
+        self._ctx = _new_context(model, params, f"{n_ctx}-token context", "try a smaller --ctx-size, or --kv-type q8_0")
         self.ctx = self._ctx.ctx
         self.n_ctx_seq = lib.llama_n_ctx_seq(self.ctx)
         self.n_batch = lib.llama_n_batch(self.ctx)
@@ -552,7 +556,7 @@ class Embedder:
         params.n_seq_max = self.MAX_SEQ
         # an encoder (non-causal attention) must see a whole batch in one ubatch
         params.n_batch = params.n_ubatch = n_ctx
-        threads = opts.n_threads or hardware.physical_cores()
+        threads = opts.n_threads or hardware.default_threads()
         params.n_threads = params.n_threads_batch = threads
         # Flash attention only when asked for: ggml's CPU kernel takes another path once a batch holds more than
         # a few dozen tokens, and a pooled input then drifts from itself alone (cosine 0.9999); without it, exact.
@@ -560,13 +564,7 @@ class Embedder:
         params.flash_attn_type = lib.LLAMA_FLASH_ATTN_TYPE_ENABLED if opts.flash_attn == "on" else lib.LLAMA_FLASH_ATTN_TYPE_DISABLED
         params.type_k = params.type_v = KV_TYPES["f16"]
         params.no_perf = True
-        try:
-            with _DeferredInterrupt():
-                self._ctx = model._internals.LlamaContext(model=model._model, params=params, verbose=opts.verbose)
-        except ValueError as e:
-            detail = _last_log_error()
-            raise InferError(f"llama.cpp could not create a {n_ctx}-token embedding context"
-                             + (f": {detail}" if detail else ""), hint="try a smaller --ctx-size") from e
+        self._ctx = _new_context(model, params, f"{n_ctx}-token embedding context", "try a smaller --ctx-size")
         self.ctx = self._ctx.ctx
         self.n_ctx = n_ctx
         self.n_embd = lib.llama_model_n_embd(model._model.model)
