@@ -297,6 +297,13 @@ def create_app(manager: Manager, config: Config) -> FastAPI:
         metrics.completion_tokens.labels(loaded.name).inc(completion)
         loaded.last_used = time.monotonic()
 
+    def settle(request: Request, loaded: Loaded, stream: Stream, dones: list[Done]) -> None:
+        """A streamed answer is over (finished, failed or abandoned): free its sequences, count its tokens."""
+        stream.cancel()
+        if dones:
+            account(request, loaded, dones)
+        loaded.last_used = time.monotonic()
+
     async def collect(request: Request, loaded: Loaded, stream: Stream) -> tuple[list[str], list[Done]]:
         n = len(stream.handles)
         texts, dones = [[] for _ in range(n)], [None] * n
@@ -365,10 +372,7 @@ def create_app(manager: Manager, config: Config) -> FastAPI:
                     yield openai.sse(openai.usage_chunk(rid, name, created, obj, dones))
             yield openai.sse("[DONE]")
         finally:
-            stream.cancel()
-            if dones:
-                account(request, loaded, dones)
-            loaded.last_used = time.monotonic()
+            settle(request, loaded, stream, dones)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
@@ -442,10 +446,7 @@ def create_app(manager: Manager, config: Config) -> FastAPI:
                 else:
                     yield ollama.ndjson(ollama.error_body(api_error(event.error).message))
         finally:
-            stream.cancel()
-            if dones:
-                account(request, loaded, dones)
-            loaded.last_used = time.monotonic()
+            settle(request, loaded, stream, dones)
 
     @app.post("/api/chat")
     async def api_chat(request: Request):
