@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import BinaryIO, Callable, Iterator
 
 from infer import resolve
-from infer.engine import Done, LoadOptions, Model, Sampling, Text, json_grammar
+from infer.engine import Done, LoadOptions, Model, Sampling, Text, Vocab, json_grammar
 from infer.errors import BadModel, ContextOverflow, NoSpace, UsageError
 
 __all__ = ["prepare", "grammar_for", "run", "Text", "Done", "Material", "join_prompt", "read_bounded"]
@@ -249,13 +249,23 @@ def run(resolved: resolve.Resolved, options: LoadOptions, sampling: Sampling, pr
     the answer to the material joined with the instruction `prompt`. With the prompt cache, a saved state of
     the prompt's longest cached prefix is restored first, and the prefix up to the end of the material (the
     part the next question will share) is saved afterwards."""
+    text = None
+    if material is not None and not material.eof:
+        # More than one chunk is piped: count it with the tokenizer alone, so that an input too long is refused
+        # before the weights (and any CPU-repacked copy of them) are in memory.
+        vocab = Vocab(resolved.path)
+        try:
+            text = _read_material(vocab, options, sampling, material, prompt, system, notice)
+        finally:
+            vocab.close()
     model = load(resolved, options, notice)
     on_load(model)
     try:
-        text = ""
         if material is not None:
-            text = _read_material(model, options, sampling, material, prompt, system, notice)
+            if text is None:
+                text = _read_material(model, options, sampling, material, prompt, system, notice)
             prompt = join_prompt(prompt, text)
+        text = text or ""
         if not prompt.strip():
             raise UsageError("no prompt: give one as arguments or pipe text on stdin", hint='infer run "Why is the sky blue?"')
         if raw:
@@ -314,7 +324,7 @@ def _cached_generate(model: Model, name: str, opts: CacheOptions, sampling: Samp
         cache.store(prefix, state)
 
 
-def _read_material(model: Model, options: LoadOptions, sampling: Sampling, material: Material, instruction: str,
+def _read_material(model: Model | Vocab, options: LoadOptions, sampling: Sampling, material: Material, instruction: str,
                    system: str | None, notice: Callable[[str], None]) -> str:
     """The piped text, read only as far as it can fit beside the instruction, system prompt and answer."""
     count = lambda text: len(model.tokenize(text, add_bos=False, special=True))  # noqa: E731

@@ -9,11 +9,11 @@
 
 from infer.engine.events import Done, Event, Failed, Text, Timings, Usage
 from infer.engine.model import (
-    KV_TYPES, Device, LoadOptions, Model, devices, supports_gpu_offload, system_info,
+    KV_TYPES, Device, LoadOptions, Model, Vocab, devices, supports_gpu_offload, system_info,
 )
 from infer.engine.sampling import Sampling, StopMatcher, json_grammar
 from infer.engine.speculate import Speculation
 
-__all__ = ["Done", "Event", "Failed", "Text", "Timings", "Usage", "KV_TYPES", "Device", "LoadOptions", "Model", "devices",
+__all__ = ["Done", "Event", "Failed", "Text", "Timings", "Usage", "KV_TYPES", "Device", "LoadOptions", "Model", "Vocab", "devices",
            "supports_gpu_offload", "system_info", "Sampling", "StopMatcher", "json_grammar",
            "Speculation"]

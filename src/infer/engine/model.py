@@ -124,6 +124,38 @@ def _last_log_error() -> str:
     return ""
 
 
+class Vocab:
+    """A model's tokenizer alone (llama.cpp's vocab-only load: no weights, a few MB), to count a large input
+    before the weights and their CPU copies are in memory; `complete.run` refuses an overlong pipe with it."""
+
+    def __init__(self, path: Path):
+        check_gguf(path)
+        llama_cpp = _llama()
+        from llama_cpp import _internals
+
+        params = llama_cpp.llama_model_default_params()
+        params.vocab_only = True
+        try:
+            self._model = _internals.LlamaModel(path_model=str(path), params=params, verbose=False)
+        except ValueError as e:
+            detail = _last_log_error()
+            raise BadModel(f"llama.cpp could not read the tokenizer of {path}" + (f": {detail}" if detail else ""),
+                           hint="the file may be truncated or corrupt (`infer verify`)") from e
+        meta = self._model.metadata()  # a vocab-only load reads no hyperparameters: the trained context is metadata
+        try:
+            self.n_ctx_train = int(meta.get(f"{meta.get('general.architecture')}.context_length", 0))
+        except ValueError:
+            self.n_ctx_train = 0
+
+    def tokenize(self, text: str, *, add_bos: bool | None = None, special: bool = True) -> list[int]:
+        if add_bos is None:
+            add_bos = self._model.add_bos_token()
+        return self._model.tokenize(text.encode("utf-8"), add_bos=add_bos, special=special)
+
+    def close(self) -> None:
+        self._model.close()
+
+
 class Model:
     """A loaded model; the context is created lazily at the size the first request needs."""
 
