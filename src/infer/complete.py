@@ -50,6 +50,8 @@ def plan(path, options: LoadOptions, notice: Callable[[str], None]) -> tuple[Loa
     from infer import engine, hardware
     from infer.units import human_bytes
 
+    if options.rpc:
+        return plan_rpc(path, options, notice)
     size = model_files_size(path)
     ram = hardware.available_memory()
     if not engine.supports_gpu_offload():
@@ -78,6 +80,44 @@ def plan(path, options: LoadOptions, notice: Callable[[str], None]) -> tuple[Loa
                       f"{human_bytes(ram + sum(d.free for d in gpus))} of RAM and VRAM is free",
                       hint="pick a smaller quant, a smaller --ctx-size, or --kv-type q8_0")
     return replace(options, n_gpu_layers=p.gpu_layers if p.gpu_layers <= est.n_layers else -1), p.where
+
+
+def plan_rpc(path, options: LoadOptions, notice: Callable[[str], None]) -> tuple[LoadOptions, str]:
+    """Split the model over RPC workers: probe each (one clear error for any that cannot serve), predict the
+    split's speed against this machine alone, and run locally instead where the model fits here and the split
+    is predicted slower (unless --force-rpc). Then register the workers for the load."""
+    from infer import engine, hardware, rpc
+    from infer.engine import rpc as engine_rpc
+    from infer.gguf_meta import read_info
+    from infer.units import human_bytes
+
+    rpc.ensure_supported()
+    endpoints = rpc.parse_endpoints(",".join(options.rpc))
+    workers = rpc.probe_all(endpoints)
+    info = read_info(path)
+    size = model_files_size(path)
+    n_ctx = options.n_ctx or min(info.context_length or 4096, 4096)
+    est = hardware.estimate(info, size, n_ctx, options.kv_type, options.n_ubatch)
+    local_free = hardware.available_memory() + sum(d.free for d in engine.devices() if d.kind in ("gpu", "igpu"))
+    pooled = local_free + sum(w.free for w in workers)
+    if est.total > pooled:
+        raise NoSpace(f"the model needs about {human_bytes(est.total)} but this machine and the workers have "
+                      f"{human_bytes(pooled)} free together", hint="add a worker, or pick a smaller quant")
+    prediction = rpc.predict(hardware.decode_estimate(size), workers, info.embedding_length or 4096)
+    notice(prediction.line(workers))
+    if est.total <= local_free and prediction.split_tps < prediction.local_tps and not options.force_rpc:
+        notice("the model fits here and the split is predicted slower: running on this machine alone "
+               "(--force-rpc splits anyway)")
+        return plan(path, replace(options, rpc=()), notice)
+    if options.tensor_split and len(options.tensor_split) > len(workers) + len(
+            [d for d in engine.devices() if d.kind in ("gpu", "igpu")]):
+        raise UsageError(f"--tensor-split has {len(options.tensor_split)} shares but there are only "
+                         f"{len(workers)} worker(s) and the local GPUs")
+    engine_rpc.on_abort(rpc.lost_worker_handler(endpoints))  # first: registering connects, and may abort too
+    engine_rpc.add_workers([str(e) for e in endpoints])
+    layers = -1 if options.n_gpu_layers == -2 else options.n_gpu_layers
+    where = f"split over {len(workers)} RPC worker(s) ({', '.join(map(str, endpoints))})"
+    return replace(options, n_gpu_layers=layers), where
 
 
 def load(resolved: resolve.Resolved, options: LoadOptions, notice: Callable[[str], None] = lambda m: None) -> Model:

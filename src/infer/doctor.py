@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from infer import __version__, hardware, settings
+from infer.errors import InferError
 from infer.versions import llama_cpp_version
 
 
@@ -40,8 +41,10 @@ def _dir_size(path: Path) -> int:
     return total
 
 
-def report(model: str | None = None, n_ctx: int | None = None, kv_type: str = "f16") -> dict:
+def report(model: str | None = None, n_ctx: int | None = None, kv_type: str = "f16", rpc: str | None = None) -> dict:
     from infer import engine, store
+    from infer import rpc as rpc_mod
+    from infer.engine import rpc as engine_rpc
 
     offload = engine.supports_gpu_offload()
     devices = engine.devices()
@@ -71,9 +74,24 @@ def report(model: str | None = None, n_ctx: int | None = None, kv_type: str = "f
         "hub": {"endpoint": settings.hf_endpoint(), "token": "set" if _token_present() else "not set",
                 "offline": settings.offline()},
         "advice": advice,
+        "rpc": {"available": engine_rpc.supported(), "protocol": rpc_mod.version_text(rpc_mod.local_version())},
     }
+    if not data["rpc"]["available"]:
+        data["rpc"]["enable"] = 'CMAKE_ARGS="-DGGML_RPC=on" pip install --force-reinstall --no-cache-dir llama-cpp-python'
+    workers = []
+    if rpc:
+        for endpoint in rpc_mod.parse_endpoints(rpc):
+            entry: dict = {"endpoint": str(endpoint)}
+            try:
+                w = rpc_mod.probe(endpoint)
+                entry.update(protocol=rpc_mod.version_text(w.version), rtt_ms=round(w.rtt_s * 1e3, 3),
+                             bandwidth=round(w.bandwidth), devices=[{"free": f, "total": t} for f, t in w.memory])
+                workers.append(w)
+            except InferError as e:
+                entry["error"] = e.message
+            data.setdefault("workers", []).append(entry)
     if model:
-        data["model"] = _model_plan(model, n_ctx, kv_type, gpus)
+        data["model"] = _model_plan(model, n_ctx, kv_type, gpus, workers)
     return data
 
 
@@ -83,7 +101,7 @@ def _token_present() -> bool:
     return bool(token())
 
 
-def _model_plan(model: str, n_ctx: int | None, kv_type: str, gpus) -> dict:
+def _model_plan(model: str, n_ctx: int | None, kv_type: str, gpus, workers=()) -> dict:
     from infer import complete, resolve
     from infer.errors import ModelNotFound
     from infer.gguf_meta import read_info
@@ -100,4 +118,17 @@ def _model_plan(model: str, n_ctx: int | None, kv_type: str, gpus) -> dict:
     return {"name": found.name, "path": str(found.path), "n_ctx": ctx, "kv_type": kv_type, "layers": est.n_layers + 1,
             "estimate": {"weights": est.weights, "kv_cache": est.kv_cache, "compute": est.compute,
                          "compute_reserved_gpu": est.compute_reserved, "runtime": est.overhead, "total": est.total},
-            "plan": {"gpu_layers": plan.gpu_layers, "where": plan.where, "fits": plan.fits}}
+            "plan": {"gpu_layers": plan.gpu_layers, "where": plan.where, "fits": plan.fits},
+            **({"rpc": _rpc_fit(est, info, size, gpus, workers)} if workers else {})}
+
+
+def _rpc_fit(est, info, size: int, gpus, workers) -> dict:
+    """The model across this machine and the reachable workers: does it fit, and the predicted speeds."""
+    from infer import rpc
+
+    local_free = hardware.available_memory() + sum(d.free for d in gpus)
+    pooled = local_free + sum(w.free for w in workers)
+    p = rpc.predict(hardware.decode_estimate(size), list(workers), info.embedding_length or 4096)
+    return {"workers": len(workers), "free_together": pooled, "fits": est.total <= pooled,
+            "fits_locally": est.total <= local_free, "predicted_tps": round(p.split_tps, 1),
+            "local_tps": round(p.local_tps, 1)}

@@ -19,6 +19,7 @@ class ExitCode(IntEnum):
     DISK = 8  # the same code: a local disk error (no space, read-only, permission denied)
     AUTH = 9
     PARTIAL = 10
+    WORKER = 11
     INTERRUPTED = 130
 
 
@@ -35,6 +36,8 @@ EXIT_CODE_DOCS: dict[ExitCode, str] = {
                        "(read-only, permission denied), or the model does not fit in memory",
     ExitCode.AUTH: "gated or private repo: authentication required",
     ExitCode.PARTIAL: "batch finished, but some lines failed: their error lines are in the output",
+    ExitCode.WORKER: "an RPC worker (--rpc) is unreachable, not a worker, of another llama.cpp version, or was lost "
+                     "mid-generation",
     ExitCode.INTERRUPTED: "interrupted (Ctrl-C)",
 }
 
@@ -74,6 +77,12 @@ class VerifyError(InferError):
 
 class NoSpace(InferError):
     exit_code = ExitCode.NO_SPACE
+
+
+class WorkerError(InferError):
+    """An RPC worker named by --rpc cannot be used, or was lost while generating."""
+
+    exit_code = ExitCode.WORKER
 
 
 class DiskError(InferError):

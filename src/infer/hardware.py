@@ -256,3 +256,30 @@ def plan_offload(est: Estimate, gpu_free: int, ram_available: int, requested: in
     if layers == 0:
         return Plan(0, "CPU (the GPU has too little free memory for one layer)", fits)
     return Plan(layers, f"{layers} of {n + 1} layers on the GPU, the rest on the CPU (partial offload)", fits)
+
+
+# -- how fast will it decode -------------------------------------------------------------------
+
+DECODE_EFFICIENCY = 0.5  # share of one-thread copy bandwidth that CPU decoding reaches (calibrated: benchmarks/rpc.py)
+
+
+def memory_bandwidth(size: int = 32 << 20, repeats: int = 3) -> float:
+    """Bytes per second one thread copies in memory (the best of a few copies of `size` bytes): CPU decoding
+    reads every weight once per token, so this bounds its speed. About 0.05 s."""
+    import time
+
+    src, dst = bytearray(b"\1") * size, bytearray(size)
+    view_src, view_dst = memoryview(src), memoryview(dst)
+    view_dst[:] = view_src  # touch every page first
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        view_dst[:] = view_src
+        best = min(best, time.perf_counter() - t0)
+    return size / best if best > 0 else 0.0
+
+
+def decode_estimate(weights_bytes: int, bandwidth: float | None = None) -> float:
+    """Decode tokens/s on this machine's CPU, estimated from its copy bandwidth (a prediction, not a measurement)."""
+    bandwidth = memory_bandwidth() if bandwidth is None else bandwidth
+    return bandwidth * DECODE_EFFICIENCY / weights_bytes if weights_bytes > 0 else 0.0

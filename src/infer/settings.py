@@ -37,7 +37,7 @@ HF_HOME = EnvVar("HF_HOME", "Hugging Face home; the store is $HF_HOME/hub when n
 HF_HUB_OFFLINE = EnvVar("HF_HUB_OFFLINE", "1: same as INFER_OFFLINE.")
 NO_COLOR = EnvVar("NO_COLOR", "Any value: no colour in any output.")
 INFER_THREADS = EnvVar("INFER_THREADS", "CPU threads when -t is not given. Default: the physical cores other programs leave free.",
-                       ("run", "chat", "bench"))
+                       ("run", "chat", "bench", "worker"))
 INFER_STALL_TIMEOUT = EnvVar("INFER_STALL_TIMEOUT", "Seconds without a byte before a download is dropped and resumed (30).",
                              ("pull",))
 INFER_RETRY_BACKOFF = EnvVar("INFER_RETRY_BACKOFF", "First wait in seconds between download retries, doubled each time (1).",
@@ -48,11 +48,13 @@ INFER_HOST = EnvVar("INFER_HOST", "URL of a running `infer serve` (or any OpenAI
                     "instead of loading the model; ps asks it (default http://127.0.0.1:11435).", ("ps", "run", "chat"))
 INFER_API_KEY = EnvVar("INFER_API_KEY", "API key that `infer serve` requires (Authorization: Bearer KEY); "
                        "clients of a server send it.", ("serve", "ps", "run", "chat"))
+INFER_RPC = EnvVar("INFER_RPC", "RPC workers (HOST:PORT,...) to split the model across when --rpc is not given.",
+                   ("run", "chat", "serve", "batch", "bench"))
 
 REGISTRY: tuple[EnvVar, ...] = (
     INFER_MODEL, INFER_MODELS, INFER_HOME, INFER_OFFLINE, INFER_DEBUG,
     HF_TOKEN, HF_ENDPOINT, HF_HUB_CACHE, HF_HOME, HF_HUB_OFFLINE, NO_COLOR, INFER_THREADS,
-    INFER_STALL_TIMEOUT, INFER_RETRY_BACKOFF, INFER_TEST_FREE_BYTES, INFER_API_KEY, INFER_HOST,
+    INFER_STALL_TIMEOUT, INFER_RETRY_BACKOFF, INFER_TEST_FREE_BYTES, INFER_API_KEY, INFER_HOST, INFER_RPC,
 )
 
 
@@ -90,6 +92,10 @@ def state_dir() -> Path:
 
 def prompt_cache_dir() -> Path:
     return _platform_dir("cache") / "prompts"
+
+
+def rpc_cache_dir() -> Path:
+    return _platform_dir("cache") / "rpc"
 
 
 def models_dir() -> Path:

@@ -50,7 +50,7 @@ def root(
 
 
 def _register() -> None:
-    from infer.cli import batch, bench, cache, chat, doctor, embed, models, run, serve
+    from infer.cli import batch, bench, cache, chat, doctor, embed, models, run, serve, worker
     from infer.cli.completion import completion
 
     commands = [
@@ -70,6 +70,7 @@ def _register() -> None:
         ("cache", cache.cache, cache.EPILOG),
         ("serve", serve.serve, serve.SERVE_EPILOG),
         ("ps", serve.ps, serve.PS_EPILOG),
+        ("worker", worker.worker, worker.EPILOG),
         ("completion", completion, examples("infer completion bash > ~/.local/share/bash-completion/completions/infer")),
     ]
     for name, fn, epilog in commands:

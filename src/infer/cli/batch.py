@@ -53,6 +53,9 @@ def batch(
     flash_attn: o.FlashAttn = "auto",
     mlock: o.Mlock = False,
     no_mmap: o.NoMmap = False,
+    rpc: o.Rpc = None,
+    tensor_split: o.TensorSplit = None,
+    force_rpc: o.ForceRpc = False,
     force: Annotated[bool, typer.Option(
         "--force", help="Overwrite an output file that holds results of another input or model.")] = False,
     json_out: Annotated[bool, typer.Option(
@@ -68,6 +71,7 @@ def batch(
     from infer.cli.progress import CliReporter
     from infer.errors import PartialFailure
 
+    o.rpc_options(rpc, tensor_split, force_rpc)
     to_stdout = output == "-" or (output is None and input_path == "-")
     if to_stdout and json_out:
         raise UsageError("--json prints the summary on stdout, where the results would go", hint="give -o FILE")
@@ -89,7 +93,8 @@ def batch(
         per_seq = ctx_size or resolved.defaults.get("ctx_size") or DEFAULT_CTX
         parallel = max(1, min(parallel, scan.requests - existing.done))  # no KV cells for sequences never used
         load = o.build_load(per_seq * parallel, threads, gpu_layers, verbose, resolved.defaults, kv_type=kv_type,
-                            flash_attn=flash_attn, mlock=mlock, no_mmap=no_mmap)
+                            flash_attn=flash_attn, mlock=mlock, no_mmap=no_mmap, rpc=rpc, tensor_split=tensor_split,
+                            force_rpc=force_rpc)
         writer = core.Writer(out)
         summary = None
         try:

@@ -36,6 +36,7 @@ def bench(
     from infer import bench as core, complete
     from infer.cli.progress import CliReporter
 
+    load_opts.check()
     sizes = prompt_sizes or [512]
     if len(set(sizes)) != len(sizes):
         raise UsageError("each -p size may be given once")

@@ -104,10 +104,13 @@ def chat(
             raise UsageError("there is no saved conversation to resume", hint="start one with `infer chat`")
         conv = core.read_conversation(last)
         model = model or conv.model or None
+    load_opts.check()
     given = sampling_opts.given()
     view = View(plain, quiet)
     speculation = o.build_speculation(lookup, draft_max, draft_min, ngram)
     server = o.remote_server(host, api_key)
+    if server is not None and (load_opts.rpc or load_opts.tensor_split or load_opts.force_rpc):
+        raise UsageError("--rpc splits the model where it runs: give it to `infer serve`, not with --host")
     if server is not None and speculation is not None:
         raise UsageError("--lookup runs where the model is: it cannot be combined with --host")
     if server is not None:  # the server holds the model warm: nothing is loaded here

@@ -16,6 +16,7 @@ Examples:
   infer doctor
   infer doctor -m smollm2 -c 8192
   infer doctor --json | jq .devices
+  infer doctor --rpc 192.168.1.20:50052 -m qwen2.5:7b
 """
 
 
@@ -24,12 +25,15 @@ def doctor(
                                                  autocompletion=o.complete_model, show_default=False)] = None,
     ctx_size: o.CtxSize = None,
     kv_type: o.KvType = "f16",
+    rpc: Annotated[Optional[str], typer.Option(
+        "--rpc", metavar="HOST:PORT,...", help="Also probe these RPC workers: devices, free memory, round trip, "
+        "bandwidth, and the model's fit across them.", show_default=False)] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
 ) -> None:
-    """Check this machine: versions, backends, devices and memory, paths, Hub settings, and a model's fit."""
+    """Check this machine: versions, backends, devices and memory, paths, Hub settings, RPC, and a model's fit."""
     from infer import doctor as core
 
-    data = core.report(model, ctx_size, kv_type)
+    data = core.report(model, ctx_size, kv_type, rpc)
     if json_out:
         render.print_json(data)
         return
@@ -47,6 +51,16 @@ def doctor(
         row(f"device {d['kind']}", f"{d['name']} ({d['description']}): {human_bytes(d['free'])} free of {human_bytes(d['total'])}")
     for key, p in data["paths"].items():
         row(key, f"{p['path']} ({human_bytes(p['size'])})")
+    r = data["rpc"]
+    row("rpc", f"yes: llama.cpp's RPC backend, protocol {r['protocol']}" if r["available"]
+        else f"no: this build has no RPC backend ({r['enable']})")
+    for w in data.get("workers", []):
+        if "error" in w:
+            row("worker", f"{w['endpoint']}: {w['error']}")
+            continue
+        memory = ", ".join(f"{human_bytes(d['free'])} free of {human_bytes(d['total'])}" for d in w["devices"])
+        row("worker", f"{w['endpoint']} (protocol {w['protocol']}): {memory}; {w['rtt_ms']:.2f} ms round trip, "
+                      f"{w['bandwidth'] / 1e6:.0f} MB/s")
     row("pulled", f"{data['pulled_models']} model(s)")
     hub = data["hub"]
     row("hub", f"{hub['endpoint']} · token {hub['token']} · offline {'on' if hub['offline'] else 'off'}")
@@ -57,5 +71,10 @@ def doctor(
         row("needs", f"{human_bytes(e['total'])} = weights {human_bytes(e['weights'])} + KV cache {human_bytes(e['kv_cache'])}"
                      f" + compute {human_bytes(e['compute'])} + runtime {human_bytes(e['runtime'])}")
         row("plan", m["plan"]["where"] + ("" if m["plan"]["fits"] else " — it does NOT fit in free RAM and VRAM"))
+        if "rpc" in m:
+            f = m["rpc"]
+            row("split", f"{'fits' if f['fits'] else 'does NOT fit'} across this machine and {f['workers']} worker(s) "
+                         f"({human_bytes(f['free_together'])} free together); predicted {f['predicted_tps']} tok/s "
+                         f"against {f['local_tps']} tok/s here alone")
     for line in data["advice"]:
         console.warn(line)

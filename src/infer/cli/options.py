@@ -20,6 +20,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from infer import settings
 from infer.errors import UsageError
 
 SAMPLING = "Sampling"
@@ -95,6 +96,16 @@ FlashAttn = Annotated[str, typer.Option(
 Mlock = Annotated[bool, typer.Option("--mlock", help="Lock the model in RAM (no swapping).", rich_help_panel=CONTEXT)]
 NoMmap = Annotated[bool, typer.Option("--no-mmap", help="Read the model into memory instead of mapping it.",
                                       rich_help_panel=CONTEXT)]
+RPC = "RPC workers"
+Rpc = Annotated[Optional[str], typer.Option(
+    "--rpc", metavar="HOST:PORT,...", help="Split the model's layers across these `infer worker`s (and the local GPU), "
+    "as llama.cpp does. (default: INFER_RPC)", rich_help_panel=RPC, show_default=False)]
+TensorSplit = Annotated[Optional[str], typer.Option(
+    "--tensor-split", metavar="A,B,...", help="Share of the layers per device, RPC workers first, then local GPUs "
+    "(e.g. 3,1). (default: by free memory)", rich_help_panel=RPC, show_default=False)]
+ForceRpc = Annotated[bool, typer.Option(
+    "--force-rpc", help="Split over the workers even where the split is predicted slower than this machine alone.",
+    rich_help_panel=RPC)]
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Say which model is used and show llama.cpp's logs.")]
 SPECULATION = "Speculative decoding"
 Lookup = Annotated[bool, typer.Option(
@@ -148,11 +159,19 @@ class LoadArgs(OptionGroup):
     flash_attn: FlashAttn = "auto"
     mlock: Mlock = False
     no_mmap: NoMmap = False
+    rpc: Rpc = None
+    tensor_split: TensorSplit = None
+    force_rpc: ForceRpc = False
+
+    def check(self) -> None:
+        """Refuse bad --rpc/--tensor-split/--force-rpc before anything is resolved or loaded."""
+        rpc_options(self.rpc, self.tensor_split, self.force_rpc)
 
     def build(self, verbose: bool, model_defaults: dict | None = None):
         """The engine's LoadOptions (see build_load)."""
         return build_load(self.ctx_size, self.threads, self.gpu_layers, verbose, model_defaults, kv_type=self.kv_type,
-                          flash_attn=self.flash_attn, mlock=self.mlock, no_mmap=self.no_mmap)
+                          flash_attn=self.flash_attn, mlock=self.mlock, no_mmap=self.no_mmap, rpc=self.rpc,
+                          tensor_split=self.tensor_split, force_rpc=self.force_rpc)
 
 
 HardwareArgs = Annotated[LoadArgs, Omit(("ctx_size",))]  # bench sizes its own contexts
@@ -214,10 +233,35 @@ def build_sampling(given: dict, model_defaults: dict, **extra):
     return Sampling(**merged)
 
 
+def rpc_options(rpc: str | None, tensor_split: str | None, force_rpc: bool) -> tuple[tuple[str, ...], tuple[float, ...]]:
+    """--rpc (else INFER_RPC), --tensor-split and --force-rpc, checked: (workers, shares)."""
+    from infer import rpc as rpc_mod
+
+    what = "--rpc" if rpc is not None else "INFER_RPC"
+    rpc = rpc if rpc is not None else settings.INFER_RPC.get()
+    workers = tuple(str(e) for e in rpc_mod.parse_endpoints(rpc, what)) if rpc else ()
+    shares: tuple[float, ...] = ()
+    if tensor_split is not None:
+        try:
+            shares = tuple(float(x) for x in tensor_split.split(","))
+        except ValueError:
+            shares = ()
+        if not shares or any(x < 0 or x != x for x in shares) or not sum(shares) > 0:
+            raise UsageError(f"--tensor-split {tensor_split!r} is not a list of shares", hint="for example --tensor-split 3,1")
+        if not workers:
+            raise UsageError("--tensor-split needs --rpc (or INFER_RPC): it splits across RPC workers and local GPUs")
+    if force_rpc and not workers:
+        raise UsageError("--force-rpc needs --rpc (or INFER_RPC)")
+    return workers, shares
+
+
 def build_load(ctx_size, threads, gpu_layers, verbose, model_defaults: dict | None = None, *, kv_type: str = "f16",
-               flash_attn: str = "auto", mlock: bool = False, no_mmap: bool = False):
+               flash_attn: str = "auto", mlock: bool = False, no_mmap: bool = False, rpc: str | None = None,
+               tensor_split: str | None = None, force_rpc: bool = False):
     """Load options as the user gave them; the GPU layer count is decided later (complete.plan)."""
     from infer.engine import KV_TYPES, LoadOptions
+
+    workers, shares = rpc_options(rpc, tensor_split, force_rpc)
 
     if kv_type not in ("f16", "q8_0", "q4_0"):
         raise UsageError(f"--kv-type {kv_type!r} is not f16, q8_0 or q4_0")
@@ -230,7 +274,8 @@ def build_load(ctx_size, threads, gpu_layers, verbose, model_defaults: dict | No
     requested = None if gpu_layers in (None, "auto") else int(gpu_layers)
     return LoadOptions(n_ctx=ctx_size or defaults.get("ctx_size"), n_threads=threads,
                        n_gpu_layers=-2 if requested is None else requested, verbose=verbose, kv_type=kv_type,
-                       flash_attn=flash_attn, mlock=mlock, mmap=not no_mmap)
+                       flash_attn=flash_attn, mlock=mlock, mmap=not no_mmap, rpc=workers, tensor_split=shares,
+                       force_rpc=force_rpc)
 
 
 def stdin_material():

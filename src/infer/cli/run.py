@@ -65,9 +65,12 @@ def run(
     material = o.stdin_material()  # read after the model loads, as far as its context can hold
     if not instruction and (material is None or material.empty):
         raise UsageError("no prompt: give one as arguments or pipe text on stdin", hint='infer run "Why is the sky blue?"')
+    load_opts.check()
     given = sampling_opts.given()
     load = None
     server = o.remote_server(host, api_key)
+    if server is not None and (load_opts.rpc or load_opts.tensor_split or load_opts.force_rpc):
+        raise UsageError("--rpc splits the model where it runs: give it to `infer serve`, not with --host")
     if server is not None:  # a warm model on a server: nothing is loaded here
         from infer.client import model_name, read_material
 

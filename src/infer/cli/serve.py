@@ -78,6 +78,9 @@ def serve(
     flash_attn: o.FlashAttn = "auto",
     mlock: o.Mlock = False,
     no_mmap: o.NoMmap = False,
+    rpc: o.Rpc = None,
+    tensor_split: o.TensorSplit = None,
+    force_rpc: o.ForceRpc = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log request bodies (prompt text) and llama.cpp's "
                                                                    "logs.")] = False,
 ) -> None:
@@ -97,6 +100,7 @@ def serve(
 
     keep = parse_duration(keep_alive)
     names = list(model or [])
+    o.rpc_options(rpc, tensor_split, force_rpc)
     if not names:  # the default model, when it is pulled; otherwise start empty and load on demand
         default, _ = resolve.choose(None)
         if resolve.find_local(default) is not None:
@@ -106,7 +110,7 @@ def serve(
     for name in names:  # fail fast (exit 3) before binding, with the store's message
         resolve.resolve(name, pull=None)
     load = o.build_load(None, threads, gpu_layers, verbose, kv_type=kv_type, flash_attn=flash_attn, mlock=mlock,
-                        no_mmap=no_mmap)
+                        no_mmap=no_mmap, rpc=rpc, tensor_split=tensor_split, force_rpc=force_rpc)
     from infer import engine
     from infer.server.run import serve_forever
 

@@ -49,6 +49,9 @@ class LoadOptions:
     n_batch: int = 2048
     n_ubatch: int = 512
     verbose: bool = False
+    rpc: tuple[str, ...] = ()  # RPC workers HOST:PORT, registered (infer.rpc) before the load
+    tensor_split: tuple[float, ...] = ()  # share of the layers per device: the RPC workers first, then local GPUs
+    force_rpc: bool = False  # split even where the split is predicted slower than this machine alone
 
 
 KV_TYPES = {"f16": 1, "f32": 0, "q8_0": 8, "q4_0": 2, "q4_1": 3, "q5_0": 6, "q5_1": 7}  # ggml_type ids
@@ -104,16 +107,27 @@ def _install_log_sink(llama_cpp) -> None:
 
     @llama_cpp.llama_log_callback
     def sink(level, text, user_data):  # noqa: ARG001 - signature fixed by ggml
-        msg = text.decode("utf-8", "replace")
-        if _LOG["verbose"]:
-            import sys
+        try:
+            msg = text.decode("utf-8", "replace")
+            if _LOG["verbose"]:
+                import sys
 
-            sys.stderr.write(msg)
-        else:  # keep the last lines: they explain a failed load
-            _LOG["lines"] = (_LOG["lines"] + [msg])[-20:]
+                sys.stderr.write(msg)
+            else:  # keep the last lines: they explain a failed load
+                _LOG["lines"] = (_LOG["lines"] + [msg])[-20:]
+        except KeyboardInterrupt:  # ctypes would swallow it: deliver Ctrl-C again once this callback has returned
+            _redeliver_sigint()
 
     _LOG["callback"] = sink
     llama_cpp.llama_log_set(sink, ctypes.c_void_p(0))
+
+
+def _redeliver_sigint() -> None:
+    import os
+    import signal
+    import threading
+
+    threading.Timer(0.02, os.kill, (os.getpid(), signal.SIGINT)).start()
 
 
 def _last_log_error() -> str:
@@ -173,8 +187,15 @@ class Model:
         t0 = time.perf_counter()
         params = llama_cpp.llama_model_default_params()
         params.n_gpu_layers = 0x7FFFFFFF if options.n_gpu_layers == -1 else max(0, options.n_gpu_layers)
-        params.use_mmap = options.mmap
-        params.use_mlock = options.mlock
+        if "load_mode" in dict(type(params)._fields_):  # llama.cpp replaced use_mmap/use_mlock with one mode
+            params.load_mode = {(True, False): -1, (True, True): 3, (False, True): 2, (False, False): 0}[
+                (options.mmap, options.mlock)]  # AUTO (mmap where the devices allow), MMAP_MLOCK, MLOCK, NONE
+        else:
+            params.use_mmap = options.mmap
+            params.use_mlock = options.mlock
+        if options.tensor_split:
+            split = (ctypes.c_float * llama_cpp.llama_max_devices())(*options.tensor_split)
+            params.tensor_split = ctypes.cast(split, ctypes.POINTER(ctypes.c_float))
         with _DeferredInterrupt() as interrupt:
             # returning False from the progress callback makes llama.cpp cancel the load
             keep_going = llama_cpp.llama_progress_callback(lambda progress, user_data: not interrupt.hit)
@@ -661,41 +682,80 @@ def _normalised(values: list[float]) -> list[float]:
 class Device:
     name: str
     description: str
-    kind: str  # cpu | gpu | igpu | accel
+    kind: str  # cpu | gpu | igpu | accel | rpc (a worker's device)
     free: int
     total: int
 
 
-def devices() -> list[Device]:
-    """The compute devices this llama.cpp build sees (ggml's backend registry, through ctypes:
-    llama-cpp-python does not bind these functions)."""
+_GGML: dict = {}
+
+
+def ggml_lib():
+    """libggml through ctypes, with the backend-registry functions typed (llama-cpp-python binds none of them);
+    None when the library cannot be found."""
+    if "lib" in _GGML:
+        return _GGML["lib"]
     import sys
 
     lib_dir = Path(_llama().__file__).parent / "lib"
     suffix = ".dylib" if sys.platform == "darwin" else ".dll" if sys.platform == "win32" else ".so"
-    try:
-        ggml = ctypes.CDLL(str(lib_dir / f"libggml{suffix}"))
-    except OSError:
+    # The copy llama.cpp itself loaded: a wheel holds libggml.so, .so.0 and .so.0.x as separate files, and
+    # another copy would have a registry of its own (workers registered there would be invisible to loads).
+    candidates = [p for p in _loaded_libraries() if p.name.startswith(f"libggml{suffix}")]
+    ggml = None
+    for path in [*candidates, lib_dir / f"libggml{suffix}", lib_dir / f"ggml{suffix}"]:
         try:
-            ggml = ctypes.CDLL(str(lib_dir / f"ggml{suffix}"))
+            ggml = ctypes.CDLL(str(path))
+            break
         except OSError:
-            return []
-    ggml.ggml_backend_dev_count.restype = ctypes.c_size_t
-    ggml.ggml_backend_dev_get.argtypes = [ctypes.c_size_t]
-    ggml.ggml_backend_dev_get.restype = ctypes.c_void_p
-    for fn in (ggml.ggml_backend_dev_name, ggml.ggml_backend_dev_description):
-        fn.argtypes, fn.restype = [ctypes.c_void_p], ctypes.c_char_p
-    ggml.ggml_backend_dev_type.argtypes, ggml.ggml_backend_dev_type.restype = [ctypes.c_void_p], ctypes.c_int
-    ggml.ggml_backend_dev_memory.argtypes = [ctypes.c_void_p, ctypes.POINTER(ctypes.c_size_t), ctypes.POINTER(ctypes.c_size_t)]
+            continue
+    if ggml is not None:
+        P, S = ctypes.c_void_p, ctypes.c_char_p
+        for fn, args, res in (
+            ("ggml_backend_dev_count", [], ctypes.c_size_t), ("ggml_backend_dev_get", [ctypes.c_size_t], P),
+            ("ggml_backend_dev_name", [P], S), ("ggml_backend_dev_description", [P], S),
+            ("ggml_backend_dev_type", [P], ctypes.c_int), ("ggml_backend_dev_backend_reg", [P], P),
+            ("ggml_backend_dev_by_name", [S], P),
+            ("ggml_backend_dev_memory", [P, ctypes.POINTER(ctypes.c_size_t), ctypes.POINTER(ctypes.c_size_t)], None),
+            ("ggml_backend_reg_count", [], ctypes.c_size_t), ("ggml_backend_reg_get", [ctypes.c_size_t], P),
+            ("ggml_backend_reg_name", [P], S), ("ggml_backend_reg_by_name", [S], P),
+            ("ggml_backend_reg_get_proc_address", [P, S], P), ("ggml_backend_register", [P], None),
+        ):
+            f = getattr(ggml, fn)
+            f.argtypes, f.restype = args, res
+    _GGML["lib"] = ggml
+    return ggml
+
+
+def _loaded_libraries() -> list[Path]:
+    """Shared libraries mapped into this process (Linux; empty elsewhere)."""
+    try:
+        with open("/proc/self/maps", encoding="utf-8") as f:
+            return list(dict.fromkeys(Path(line.split(None, 5)[5].strip()) for line in f if line.count(" ") >= 5
+                                      and "/" in line))
+    except (OSError, IndexError):
+        return []
+
+
+def devices() -> list[Device]:
+    """The compute devices this llama.cpp build sees (ggml's backend registry), RPC workers' devices included
+    (kind "rpc") once they are registered."""
+    ggml = ggml_lib()
+    if ggml is None:
+        return []
     kinds = {0: "cpu", 1: "gpu", 2: "igpu", 3: "accel", 4: "meta"}
     out = []
     for i in range(ggml.ggml_backend_dev_count()):
         dev = ggml.ggml_backend_dev_get(i)
         free, total = ctypes.c_size_t(0), ctypes.c_size_t(0)
         ggml.ggml_backend_dev_memory(dev, ctypes.byref(free), ctypes.byref(total))
+        reg = ggml.ggml_backend_dev_backend_reg(dev)
+        kind = kinds.get(ggml.ggml_backend_dev_type(dev), "other")
+        if reg and ggml.ggml_backend_reg_name(reg) == b"RPC":
+            kind = "rpc"
         out.append(Device(name=(ggml.ggml_backend_dev_name(dev) or b"").decode(),
                           description=(ggml.ggml_backend_dev_description(dev) or b"").decode(),
-                          kind=kinds.get(ggml.ggml_backend_dev_type(dev), "other"), free=free.value, total=total.value))
+                          kind=kind, free=free.value, total=total.value))
     return out
 
 
@@ -704,4 +764,12 @@ def system_info() -> str:
 
 
 def supports_gpu_offload() -> bool:
-    return bool(_llama().llama_supports_gpu_offload())
+    """Whether this build has a GPU backend (llama.cpp's own answer also says yes for the RPC backend alone)."""
+    if not _llama().llama_supports_gpu_offload():
+        return False
+    ggml = ggml_lib()
+    if ggml is None:
+        return True
+    names = {(ggml.ggml_backend_reg_name(ggml.ggml_backend_reg_get(i)) or b"").decode()
+             for i in range(ggml.ggml_backend_reg_count())}
+    return bool(names - {"CPU", "RPC", "BLAS"}) or any(d.kind in ("gpu", "igpu") for d in devices())
