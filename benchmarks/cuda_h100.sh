@@ -6,6 +6,11 @@
 #            streaming generation vs llama-completion
 #   throughput: continuous batching (benchmarks/throughput.py) at 1, 16, 64 sequences against
 #            llama-batched-bench and llama-server -np N
+#   serve:   `infer serve -ngl 99` against `llama-server -np N` with streaming clients (benchmarks/serve.py),
+#            N = 1, 16, 64, and `infer run --host` against a cold `infer run`
+#   rpc:     the GPU host plus a CPU worker on the same machine (`infer worker --device CPU`), against native
+#            ggml-rpc-server + llama-bench --rpc on the same split
+#   speculative: the cost of verifying k draft tokens at once (1B and 8B shapes)
 # Inputs in .device-in/ (sdist trimmed of docs/media/.git/tools/ui, wheels the machine lacks, the
 # vocab-only GGUF); outputs in .device-out/ (kept between calls on the same machine).
 set -euo pipefail
@@ -19,7 +24,7 @@ RESULTS=${OUT:-$OUT_DIR}
 build() {
   # A wheel, then `pip install --target --upgrade --force-reinstall`: installing the sdist straight into
   # --target left bare llama_cpp/, gguf/ and platformdirs/ folders behind (pip skips existing folders).
-  CMAKE_ARGS="-DGGML_CUDA=on -DCMAKE_CUDA_ARCHITECTURES=90 -DLLAMA_BUILD_TOOLS=ON -DLLAMA_BUILD_SERVER=ON -DLLAMA_BUILD_UI=OFF -DLLAMA_USE_PREBUILT_UI=OFF -DLLAVA_BUILD=OFF" \
+  CMAKE_ARGS="-DGGML_CUDA=on -DGGML_RPC=on -DCMAKE_CUDA_ARCHITECTURES=90 -DLLAMA_BUILD_TOOLS=ON -DLLAMA_BUILD_SERVER=ON -DLLAMA_BUILD_UI=OFF -DLLAMA_USE_PREBUILT_UI=OFF -DLLAVA_BUILD=OFF" \
   CMAKE_BUILD_PARALLEL_LEVEL=16 python3 -m pip wheel -q --no-build-isolation --no-index --no-deps -w "$OUT_DIR/wheels" \
     --config-settings=build-dir="$OUT_DIR/build" "$IN"/llama_cpp_python-*.tar.gz
   python3 -m pip install -q --no-index --no-deps --upgrade --force-reinstall --target "$OUT_DIR/site" \
@@ -82,6 +87,37 @@ throughput() {
   python3 benchmarks/throughput.py -m "$MODEL" --ngl 99 --parallel 1 16 64 --requests 64 -p 128 -n 128 \
     --bin "$OUT_DIR/build/bin" --rounds "${ROUNDS:-2}" 2>&1 | tee "$RESULTS/throughput.txt"
   cp benchmarks/results/throughput.json "$RESULTS/" 2>/dev/null || true
+}
+
+serve() {
+  python3 benchmarks/serve.py -m "$MODEL" --ngl 99 --parallel 1 16 64 --requests 64 -p 128 -n 128 \
+    --bin "$OUT_DIR/build/bin" --rounds "${ROUNDS:-1}" --oneshot 2>&1 | tee "$RESULTS/serve.txt"
+  cp benchmarks/results/serve.json "$RESULTS/" 2>/dev/null || true
+}
+
+rpc() {  # a quarter of the layers on a CPU worker (loopback), the rest on the local GPU: infer, then native
+  B=$OUT_DIR/build/bin
+  infer worker --device CPU --port 50111 -t 16 > "$RESULTS/worker.out" 2> "$RESULTS/worker.err" &
+  W=$!; for _ in $(seq 100); do grep -q listening "$RESULTS/worker.out" && break; sleep 0.2; done
+  infer bench -m "$MODEL" --rpc 127.0.0.1:50111 --force-rpc --tensor-split 1,3 --flash-attn on -p 512 -n 128 -r 3 \
+    --json > "$RESULTS/rpc-infer.json" 2> "$RESULTS/rpc-infer.err" || cat "$RESULTS/rpc-infer.err"
+  kill $W; wait $W 2>/dev/null || true
+  "$B/ggml-rpc-server" -d CPU -p 50112 -t 16 > /dev/null 2>&1 &
+  W=$!; sleep 2
+  "$B/llama-bench" -m "$MODEL" --rpc 127.0.0.1:50112 -ngl 99 -ts 1/3 -fa 1 -p 512 -n 128 -r 3 -o json \
+    > "$RESULTS/rpc-native.json" || true
+  kill $W; wait $W 2>/dev/null || true
+  python3 - "$RESULTS" <<'PY'
+import json, pathlib, re, sys
+r = pathlib.Path(sys.argv[1])
+ours = json.loads((r / "rpc-infer.json").read_text()); native = {("pp" if x["n_prompt"] else "tg"): x["avg_ts"]
+                                                                  for x in json.loads((r / "rpc-native.json").read_text())}
+m = re.search(r"predicted ([\d.]+) tok/s against ([\d.]+)", (r / "rpc-infer.err").read_text())
+out = {"infer_tg": ours["tg"]["tps"]["median"], "native_tg": native["tg"], "infer_pp": ours["pp"][0]["tps"]["median"],
+       "native_pp": native["pp"], "predicted_tg": float(m.group(1)) if m else None}
+out["tg_ratio"], out["pp_ratio"] = out["infer_tg"] / out["native_tg"], out["infer_pp"] / out["native_pp"]
+(r / "rpc-summary.json").write_text(json.dumps(out, indent=2)); print(json.dumps(out, indent=2))
+PY
 }
 
 speculative() {  # the cost of verifying k draft tokens in one decode, 1B and 8B shapes

@@ -1,6 +1,7 @@
 """Native llama.cpp next to infer, same model and threads.
 
-    python benchmarks/native.py build        # once: build llama-bench, llama-completion, llama-batched-bench, llama-server into benchmarks/.cache
+    python benchmarks/native.py build        # once: build llama-bench, llama-completion, llama-batched-bench, llama-server
+                                             # and ggml-rpc-server (with GGML_RPC=ON) into benchmarks/.cache
     python benchmarks/native.py [-r 5]       # llama-bench vs `infer bench`, interleaved; prints ratios
 
 The native tools come from the vendored llama.cpp inside the llama-cpp-python source distribution
@@ -22,7 +23,7 @@ from pathlib import Path
 from common import HERE, infer_bin, save, summary, table, test_model
 
 CACHE = HERE / ".cache"
-TOOLS = ("llama-bench", "llama-completion", "llama-batched-bench", "llama-server")
+TOOLS = ("llama-bench", "llama-completion", "llama-batched-bench", "llama-server", "ggml-rpc-server")
 
 
 def native_dir() -> Path:
@@ -52,6 +53,7 @@ def build() -> None:
     subprocess.run(["cmake", "-S", str(src), "-B", str(build_dir), "-DCMAKE_BUILD_TYPE=Release",
                     "-DLLAMA_BUILD_TOOLS=ON", "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=ON",
                     "-DLLAMA_CURL=OFF", "-DLLAMA_BUILD_SERVER=ON", "-DLLAMA_BUILD_UI=OFF", "-DLLAMA_USE_PREBUILT_UI=OFF",
+                    "-DGGML_RPC=ON",
                     *os.environ.get("CMAKE_ARGS", "").split()], check=True)
     subprocess.run(["cmake", "--build", str(build_dir), "-j", str(os.cpu_count() or 2),
                     "--target", *TOOLS], check=True)

@@ -99,21 +99,36 @@ def trained_context(infer, smollm2) -> int:
     return json.loads(infer("show", smollm2.path, "--json", check=True).stdout)["context_length"]
 
 
+# Linux counts in a process's peak RSS the memory of the process it was forked from (the high-water mark of the
+# copied address space is kept across exec): a child of this test run would report the test run's own memory,
+# hundreds of MB once other tests have loaded models. So a small launcher forks `infer` and reports its rusage.
+LAUNCHER = """
+import json, os, sys
+pid = os.fork()
+if pid == 0:
+    os.execv(sys.argv[2], sys.argv[2:])
+_, status, usage = os.wait4(pid, 0)
+with open(sys.argv[1], "w") as f:
+    json.dump({"code": os.waitstatus_to_exitcode(status), "maxrss": usage.ru_maxrss}, f)
+"""
+
+
 def run_measured(infer, args, stdin_path, tmp_path, timeout=300):
     """Run `infer` with a file on stdin; (exit code, stdout, stderr, peak RSS in bytes, stdin offset at exit)."""
-    out, err = tmp_path / "out.txt", tmp_path / "err.txt"
+    out, err, report = tmp_path / "out.txt", tmp_path / "err.txt", tmp_path / "rusage.json"
     with stdin_path.open("rb") as stdin, out.open("wb") as o, err.open("wb") as e:
-        p = subprocess.Popen([infer_bin(), *map(str, args)], stdin=stdin, stdout=o, stderr=e, env=infer.env)
+        p = subprocess.Popen([sys.executable, "-c", LAUNCHER, report, infer_bin(), *map(str, args)], stdin=stdin,
+                             stdout=o, stderr=e, env=infer.env)
         killer = threading.Timer(timeout, p.kill)
         killer.start()
         try:
-            _, status, usage = os.wait4(p.pid, 0)  # this child's own rusage, not every child's of the test run
+            p.wait()
         finally:
             killer.cancel()
-        p.returncode = os.waitstatus_to_exitcode(status)
         offset = os.lseek(stdin.fileno(), 0, os.SEEK_CUR)  # the child shared this file offset
-    rss = usage.ru_maxrss * (1 if sys.platform == "darwin" else 1024)
-    return p.returncode, out.read_text(), err.read_text(), rss, offset
+    got = json.loads(report.read_text())
+    rss = got["maxrss"] * (1 if sys.platform == "darwin" else 1024)
+    return got["code"], out.read_text(), err.read_text(), rss, offset
 
 
 @pytest.mark.model

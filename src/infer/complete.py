@@ -299,6 +299,12 @@ def run(resolved: resolve.Resolved, options: LoadOptions, sampling: Sampling, pr
         finally:
             vocab.close()
     model = load(resolved, options, notice)
+    try:
+        if speculation is not None and speculation.draft:
+            model.attach_draft(Path(speculation.draft), notice)
+    except BaseException:
+        model.close()
+        raise
     on_load(model)
     try:
         if material is not None:

@@ -85,6 +85,7 @@ def chat(
     resume: Annotated[bool, typer.Option("--resume", help="Continue the last conversation.")] = False,
     verbose: o.Verbose = False,
     lookup: o.Lookup = False,
+    draft: o.Draft = None,
     draft_max: o.DraftMax = None,
     draft_min: o.DraftMin = None,
     ngram: o.Ngram = None,
@@ -107,12 +108,12 @@ def chat(
     load_opts.check()
     given = sampling_opts.given()
     view = View(plain, quiet)
-    speculation = o.build_speculation(lookup, draft_max, draft_min, ngram)
+    speculation = o.build_speculation(lookup, draft_max, draft_min, ngram, draft)
     server = o.remote_server(host, api_key)
     if server is not None and (load_opts.rpc or load_opts.tensor_split or load_opts.force_rpc):
         raise UsageError("--rpc splits the model where it runs: give it to `infer serve`, not with --host")
     if server is not None and speculation is not None:
-        raise UsageError("--lookup runs where the model is: it cannot be combined with --host")
+        raise UsageError("--lookup and --draft run where the model is: they cannot be combined with --host")
     if server is not None:  # the server holds the model warm: nothing is loaded here
         from infer.client import RemoteModel, model_name
 
@@ -125,6 +126,12 @@ def chat(
             console.info(f"model: {resolved.name} ({resolved.path}) from {resolved.origin}")
         load = load_opts.build(verbose, resolved.defaults)
         loaded = core.load_model(resolved, load, console.warn)
+        if speculation is not None and speculation.draft:
+            try:
+                loaded.attach_draft(Path(speculation.draft), console.warn)
+            except BaseException:
+                loaded.close()
+                raise
         defaults = resolved.defaults
         session = core.Chat(loaded, resolved.name, conv, o.build_sampling(given, defaults))
     session.speculation = speculation
@@ -392,6 +399,12 @@ def _switch_model(session, view, name: str, load_args) -> None:
     resolved = complete.prepare(name, reporter=CliReporter())
     started = time.perf_counter()
     new = load_model(resolved, load, console.warn)
+    if session.speculation is not None and session.speculation.draft:
+        try:
+            new.attach_draft(Path(session.speculation.draft), console.warn)
+        except UsageError as e:
+            view.note(f"{e.message}: speculative decoding is off for {resolved.name}")
+            session.speculation = None
     session.model.close()
     session.model, session.model_name = new, resolved.name
     session.base = o.build_sampling(given, resolved.defaults)

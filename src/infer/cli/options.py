@@ -111,6 +111,10 @@ SPECULATION = "Speculative decoding"
 Lookup = Annotated[bool, typer.Option(
     "--lookup", help="Prompt-lookup speculative decoding: draft tokens from n-grams of the prompt and answer, kept only "
     "when the model agrees (the same output, faster on text that repeats its input).", rich_help_panel=SPECULATION)]
+Draft = Annotated[Optional[str], typer.Option(
+    "--draft", metavar="MODEL", help="Speculative decoding with a small draft model of the same family (same "
+    "vocabulary; any model -m accepts): it proposes tokens, the model keeps those it would have produced itself.",
+    rich_help_panel=SPECULATION, show_default=False)]
 DraftMax = Annotated[Optional[int], typer.Option(
     "--draft-max", help="Most tokens drafted per step (1-64). (default: 8)", rich_help_panel=SPECULATION, show_default=False)]
 DraftMin = Annotated[Optional[int], typer.Option(
@@ -358,14 +362,20 @@ def cache_options(flag: bool | None, size: str | None):
     return CacheOptions(enabled=enabled, max_bytes=max_bytes, root=settings.prompt_cache_dir())
 
 
-def build_speculation(lookup: bool, draft_max: int | None, draft_min: int | None, ngram: int | None):
-    """The speculation the user asked for (None: off); impossible values are refused, not clamped."""
+def build_speculation(lookup: bool, draft_max: int | None, draft_min: int | None, ngram: int | None,
+                      draft: str | None = None):
+    """The speculation the user asked for (None: off); impossible values are refused, not clamped. A --draft
+    model is resolved (pulled if need be) here; the caller attaches it to the loaded model (Model.attach_draft)."""
     from infer.engine import Speculation
 
-    if not lookup:
+    if lookup and draft:
+        raise UsageError("--lookup and --draft are two ways to propose tokens: give one")
+    if not lookup and not draft:
         if any(v is not None for v in (draft_max, draft_min, ngram)):
-            raise UsageError("--draft-max, --draft-min and --ngram tune --lookup", hint="add --lookup")
+            raise UsageError("--draft-max, --draft-min and --ngram tune --lookup or --draft", hint="add --lookup")
         return None
+    if draft and ngram is not None:
+        raise UsageError("--ngram tunes --lookup, not --draft")
     d = Speculation(lookup=True)
     dmax = d.draft_max if draft_max is None else draft_max
     dmin = d.draft_min if draft_min is None else draft_min
@@ -376,7 +386,13 @@ def build_speculation(lookup: bool, draft_max: int | None, draft_min: int | None
         raise UsageError(f"--draft-min {dmin} must be between 1 and --draft-max ({dmax})")
     if not 1 <= n <= 8:
         raise UsageError(f"--ngram {n} is out of range", hint="use 1 to 8")
-    return Speculation(lookup=True, draft_max=dmax, draft_min=dmin, ngram=n)
+    path = None
+    if draft:
+        from infer import complete
+        from infer.cli.progress import CliReporter
+
+        path = str(complete.prepare(draft, reporter=CliReporter()).path)
+    return Speculation(lookup=bool(lookup), draft=path, draft_max=dmax, draft_min=dmin, ngram=n)
 
 
 REMOTE = "Remote server"

@@ -42,6 +42,7 @@ def run(
     stats: Annotated[bool, typer.Option("--stats", help="After the answer, one line of timings on stderr.",
                                         rich_help_panel=o.OUTPUT)] = False,
     lookup: o.Lookup = False,
+    draft: o.Draft = None,
     draft_max: o.DraftMax = None,
     draft_min: o.DraftMin = None,
     ngram: o.Ngram = None,
@@ -69,6 +70,8 @@ def run(
     given = sampling_opts.given()
     load = None
     server = o.remote_server(host, api_key)
+    if server is not None and (lookup or draft):
+        raise UsageError("--lookup and --draft run where the model is: they cannot be combined with --host")
     if server is not None and (load_opts.rpc or load_opts.tensor_split or load_opts.force_rpc):
         raise UsageError("--rpc splits the model where it runs: give it to `infer serve`, not with --host")
     if server is not None:  # a warm model on a server: nothing is loaded here
@@ -97,7 +100,7 @@ def run(
         show_where = (lambda m: console.info(f"running on: {m.where}")) if verbose or stats else (lambda m: None)
         events = complete.run(resolved, load, sampling, instruction, system=system, raw=raw, material=material,
                               cache=o.cache_options(cache, cache_size),
-                              speculation=o.build_speculation(lookup, draft_max, draft_min, ngram),
+                              speculation=o.build_speculation(lookup, draft_max, draft_min, ngram, draft),
                               notice=console.warn, on_load=show_where)
         name = resolved.name
     chunks: list[str] = []

@@ -215,6 +215,8 @@ class Model:
         self.n_ctx_train = self._model.n_ctx_train()
         self.metadata = self._model.metadata()
         self._sched: Scheduler | None = None
+        self.draft_model: Model | None = None  # for draft-model speculation (attach_draft)
+        self._draft_ctx: DraftContext | None = None
         self.n_layers = llama_cpp.llama_model_n_layer(self._model.model)
         self.where = "CPU" if options.n_gpu_layers == 0 else "GPU"
 
@@ -350,6 +352,41 @@ class Model:
                 "build": system_info(), "kv_type": o.kv_type, "flash_attn": o.flash_attn, "where": self.where,
                 "gpu_layers": o.n_gpu_layers}
 
+    def attach_draft(self, path: Path, notice=lambda m: None) -> None:
+        """Load a draft model for `Speculation(draft=...)` requests, with this model's load options; refuse one
+        whose vocabulary differs, warn about one that is not smaller."""
+        if self.draft_model is not None and self.draft_model.path == path:
+            return
+        self.detach_draft()
+        draft = Model(path, replace(self.options, n_ctx=None, rpc=(), tensor_split=(), force_rpc=False))
+        try:
+            check_draft_vocab(self, draft)
+        except UsageError:
+            draft.close()
+            raise
+        if path.stat().st_size >= self.path.stat().st_size:
+            notice(f"the draft model {path.name} is not smaller than the model: speculation will likely be slower")
+        self.draft_model = draft
+
+    def draft_context(self, n_seq: int, n_ctx_seq: int) -> DraftContext:
+        """The draft model's context for the scheduler (its thread only), made or remade at the scheduler's size."""
+        if self.draft_model is None:
+            raise UsageError("a request asked for draft-model speculation but no draft model is loaded")
+        ctx = self._draft_ctx
+        if ctx is None or ctx.n_seq != n_seq or ctx.n_ctx_seq < n_ctx_seq:
+            if ctx is not None:
+                ctx.free()
+            self._draft_ctx = ctx = DraftContext(self.draft_model, n_seq, n_ctx_seq)
+        return ctx
+
+    def detach_draft(self) -> None:
+        if self._draft_ctx is not None:
+            self._draft_ctx.free()
+            self._draft_ctx = None
+        if self.draft_model is not None:
+            self.draft_model.close()
+            self.draft_model = None
+
     def cancel_all(self) -> None:
         """Cancel whatever is generating (chat's Ctrl-C: called from the signal handler)."""
         if self._sched is not None:
@@ -439,6 +476,7 @@ class Model:
             self._sched.close()
             self._sched.backend.free()
             self._sched = None
+        self.detach_draft()
         self._model.close()
 
 
@@ -577,6 +615,75 @@ class LlamaBackend:
 
 EMBED_BATCH_TOKENS = 2048  # the embedding context is sized to a batch of this many tokens (or the longest input)
 POOLING = {"none": 0, "mean": 1, "cls": 2, "last": 3, "rank": 4}
+
+
+class DraftContext:
+    """The draft model's context for speculative decoding: one sequence per scheduler slot, holding the KV of the
+    tokens the draft model has read. A proposal first brings the slot up to date with the sequence's tokens
+    (dropping what the target rejected), then continues greedily, one token per decode."""
+
+    def __init__(self, model: "Model", n_seq: int, n_ctx_seq: int):
+        self.backend = LlamaBackend(model, n_seq, n_ctx_seq)
+        self.n_seq, self.n_ctx_seq = n_seq, n_ctx_seq
+        self.read: list[list[int]] = [[] for _ in range(n_seq)]
+
+    def propose(self, slot: int, tokens: list[int], n: int) -> list[int]:
+        b, read = self.backend, self.read[slot]
+        n = min(n, self.backend.n_ctx_seq - len(tokens) - 1)
+        if n <= 0 or not tokens:
+            return []
+        keep = 0
+        for a, c in zip(read, tokens):
+            if a != c:
+                break
+            keep += 1
+        keep = min(keep, len(tokens) - 1)  # the last token is always fed again: its logits start the draft
+        b.forget(slot, keep)
+        del read[keep:]
+        while len(read) < len(tokens):  # catch up in batch-sized chunks; logits for the last token only
+            chunk = tokens[len(read):len(read) + b.n_batch]
+            for i, token in enumerate(chunk):
+                b.add(token, len(read) + i, slot, len(read) + i == len(tokens) - 1)
+            b.decode()
+            read.extend(chunk)
+        draft: list[int] = []
+        while True:
+            token = b.sample(_GREEDY, -1)  # the last output: the only one with logits
+            if b.is_eog(token):
+                break
+            draft.append(token)
+            if len(draft) >= n:
+                break
+            b.add(token, len(read), slot, True)
+            b.decode()
+            read.append(token)
+        return draft
+
+    def free(self) -> None:
+        self.backend.free()
+
+
+def check_draft_vocab(target: "Model", draft: "Model") -> None:
+    """The rule llama.cpp's speculative decoding uses: same tokenizer type, same BOS/EOS, at most 128 tokens more
+    or fewer, and the same text for every token id from 5 on that both have."""
+    lib = target._lib
+    tv, dv = target.vocab, draft.vocab
+    n_t, n_d = lib.llama_vocab_n_tokens(tv), lib.llama_vocab_n_tokens(dv)
+    why = ""
+    if lib.llama_vocab_type(tv) != lib.llama_vocab_type(dv):
+        why = "another kind of tokenizer"
+    elif (lib.llama_vocab_bos(tv), lib.llama_vocab_eos(tv)) != (lib.llama_vocab_bos(dv), lib.llama_vocab_eos(dv)):
+        why = "other begin/end tokens"
+    elif abs(n_t - n_d) > 128:
+        why = f"{n_d} tokens against {n_t}"
+    else:
+        for i in range(5, min(n_t, n_d)):
+            if target.token_text(i) != draft.token_text(i):
+                why = f"token {i} is {draft.token_text(i)!r} there and {target.token_text(i)!r} here"
+                break
+    if why:
+        raise UsageError(f"the draft model {draft.path.name} has another vocabulary than {target.path.name} ({why})",
+                         hint="pick a draft model of the same family (the same tokenizer)")
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,7 @@ from typing import Iterator, Protocol
 
 from infer.engine.events import Done, Failed, Text, Timings, Usage
 from infer.engine.sampling import Sampling, StopMatcher
-from infer.engine.speculate import Lookup, Speculation
+from infer.engine.speculate import Drafter, Lookup, Speculation
 from infer.errors import ContextOverflow, InferError
 
 PREFILL_CHUNK = 512  # prompt tokens a step may add while other sequences are generating
@@ -288,8 +288,16 @@ class Scheduler:
         seq = _Seq(handle=handle, slot=slot, prompt=req.tokens, budget=budget, sampler=sampler, cached=cached,
                    read=cached, t_submit=t_submit, t_admit=time.perf_counter(),
                    stops=StopMatcher(req.sampling.stop))
-        if req.speculation is not None and req.speculation.lookup:
-            seq.spec = Lookup(req.tokens, req.speculation)
+        spec = req.speculation
+        if spec is not None and spec.lookup:
+            seq.spec = Lookup(req.tokens, spec)
+        elif spec is not None and spec.draft:
+            try:
+                seq.spec = Drafter(req.tokens, spec, b.model.draft_context(self.n_seq, self.n_ctx_seq), slot)
+            except InferError as e:
+                b.free_sampler(sampler)
+                handle._emit(Failed(e))
+                return
         self.slot_used[slot] = next(self._clock)
         self.active[slot] = seq
 

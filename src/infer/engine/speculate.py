@@ -7,6 +7,10 @@ without speculation (the same calls, the same random draws); a draft token is ke
 equals it. So at temperature 0 the text is the one plain decoding gives, and at any temperature the
 distribution is the model's.
 
+With a draft model (`--draft MODEL`, same vocabulary) the proposal is the draft model's own greedy
+continuation instead: it keeps one sequence per slot in a context of its own (model.DraftContext), brought
+up to date with the accepted tokens before each proposal; the verification is the same.
+
 The proposer adapts: the draft grows after a full acceptance and shrinks to what was accepted after a
 miss; after several misses in a row it pauses for a while. The scheduler also stops drafting when
 enough sequences decode together that the batch already keeps the hardware busy.
@@ -20,6 +24,7 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class Speculation:
     lookup: bool = False
+    draft: str | None = None  # a draft model's GGUF path (Model.attach_draft loads it): proposals from it
     draft_max: int = 8  # most tokens proposed in one step
     draft_min: int = 2  # fewer than this is not worth a wider decode
     ngram: int = 3  # shortest n-gram that counts as a match (up to ngram + 1 is tried first)
@@ -30,20 +35,46 @@ PAUSE_AFTER_MISSES = 4  # misses in a row before pausing
 PAUSE_TOKENS = 16  # how many tokens the pause lasts
 
 
-class Lookup:
-    """The n-gram index of one sequence's tokens, and its adaptive draft length."""
+class Proposer:
+    """One sequence's proposer: its tokens so far, the adaptive draft length, the counters."""
 
     def __init__(self, tokens: list[int], spec: Speculation):
         self.spec = spec
         self.tokens: list[int] = []
-        self.sizes = range(spec.ngram + 1, spec.ngram - 1, -1)
-        self.index: dict[int, dict[tuple, int]] = {n: {} for n in self.sizes}
         self.n_draft = spec.draft_max
         self.misses = 0
         self.paused = 0
         self.drafted = 0
         self.accepted = 0
         self.extend(tokens)
+
+    def extend(self, tokens: list[int]) -> None:
+        self.tokens.extend(tokens)
+
+    def propose(self) -> list[int]:
+        raise NotImplementedError
+
+    def result(self, drafted: int, accepted: int) -> None:
+        """Adapt to how much of a proposal the model kept."""
+        self.drafted += drafted
+        self.accepted += accepted
+        if accepted == drafted:
+            self.n_draft = min(self.spec.draft_max, self.n_draft + 2)
+            self.misses = 0
+        else:
+            self.n_draft = max(self.spec.draft_min, accepted + 1)
+            self.misses = self.misses + 1 if accepted == 0 else 0
+            if self.misses >= PAUSE_AFTER_MISSES:
+                self.paused, self.misses = PAUSE_TOKENS, 0
+
+
+class Lookup(Proposer):
+    """The n-gram index of one sequence's tokens."""
+
+    def __init__(self, tokens: list[int], spec: Speculation):
+        self.sizes = range(spec.ngram + 1, spec.ngram - 1, -1)
+        self.index: dict[int, dict[tuple, int]] = {n: {} for n in self.sizes}
+        super().__init__(tokens, spec)
 
     def extend(self, tokens: list[int]) -> None:
         for token in tokens:
@@ -67,15 +98,18 @@ class Lookup:
                     return draft
         return []
 
-    def result(self, drafted: int, accepted: int) -> None:
-        """Adapt to how much of a proposal the model kept."""
-        self.drafted += drafted
-        self.accepted += accepted
-        if accepted == drafted:
-            self.n_draft = min(self.spec.draft_max, self.n_draft + 2)
-            self.misses = 0
-        else:
-            self.n_draft = max(self.spec.draft_min, accepted + 1)
-            self.misses = self.misses + 1 if accepted == 0 else 0
-            if self.misses >= PAUSE_AFTER_MISSES:
-                self.paused, self.misses = PAUSE_TOKENS, 0
+
+class Drafter(Proposer):
+    """Proposals from a draft model: its greedy continuation of the sequence's tokens (model.DraftContext holds
+    its KV, one sequence per slot)."""
+
+    def __init__(self, tokens: list[int], spec: Speculation, context, slot: int):
+        self.context, self.slot = context, slot
+        super().__init__(tokens, spec)
+
+    def propose(self) -> list[int]:
+        if self.paused > 0:
+            self.paused -= 1
+            return []
+        draft = self.context.propose(self.slot, self.tokens, self.n_draft)
+        return draft if len(draft) >= self.spec.draft_min else []
