@@ -371,3 +371,32 @@ def test_a_chat_that_resends_its_history_reads_only_the_new_turn(server):
         cached.append(hit)
         previous_prompt = r.usage.prompt_tokens
     assert cached == sorted(cached) and cached[-1] > cached[1] > 0
+
+
+# -- /v1/completions without max_tokens --------------------------------------------------------------------------------
+RAW_PROMPT = "The three primary colours are"
+
+
+def test_completions_without_max_tokens_run_to_the_end(server):
+    """No max_tokens: until the model stops or the sequence's context is full (llama-server's rule, not OpenAI's
+    16), so the answer is the one a limit as large as the context allows gives."""
+    def complete(**extra) -> dict:
+        r = httpx.post(server.url + "/v1/completions", json={"model": "smollm2", "prompt": RAW_PROMPT,
+                                                             "temperature": 0, **extra}, timeout=600)
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    endless = complete(ignore_eos=True)  # reads the prompt whole; the runs below reuse it and read its last token
+    room = CTX - endless["usage"]["prompt_tokens"]
+    assert endless["choices"][0]["finish_reason"] == "length" and endless["usage"]["completion_tokens"] == room
+    unlimited, limited = complete(), complete(max_tokens=room)
+    assert unlimited["usage"]["completion_tokens"] == limited["usage"]["completion_tokens"]
+    assert unlimited["choices"][0]["text"] == limited["choices"][0]["text"]
+
+
+def test_run_raw_against_the_server_without_n_is_a_local_run_raw(server, pulled):
+    prompt_tokens = httpx.post(server.url + "/v1/completions", timeout=120, json={
+        "model": "smollm2", "prompt": RAW_PROMPT, "max_tokens": 1}).json()["usage"]["prompt_tokens"]
+    run = lambda *args: pulled("run", "--raw", "--temperature", "0", *args, RAW_PROMPT,  # noqa: E731
+                               env={"INFER_HOST": server.url}, check=True, timeout=600)
+    assert run().stdout == run("-n", str(CTX - prompt_tokens)).stdout

@@ -104,7 +104,7 @@ class CompletionRequest(_Sampled):
     suffix: Optional[str] = None
 
     def limit(self) -> int | None:
-        return self.max_tokens if self.max_tokens is not None else 16  # OpenAI's default for completions
+        return self.max_tokens  # None: until the model stops or the context is full, as llama-server (not OpenAI's 16)
 
     def prompt_text(self) -> str:
         if isinstance(self.prompt, list):
