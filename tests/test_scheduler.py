@@ -28,6 +28,7 @@ class FakeBackend:
         self.eog_after = eog_after
         self.fail_next = False
         self.cycle = cycle  # tokens follow 1..cycle round and round (text that repeats: speculation hits)
+        self.logprob_reads = 0
 
     def add(self, token, pos, seq, logits):
         assert len(self.pending) < self.n_batch, "batch overflow"
@@ -52,9 +53,19 @@ class FakeBackend:
         sampler["n"] += 1
         if self.eog_after is not None and n_gen >= self.eog_after:
             return EOG
+        return self.follows(token)
+
+    def follows(self, token):
         if self.cycle:
             return token % self.cycle + 1
         return token + 1 if token + 1 != EOG else 1
+
+    def logprobs(self, index, token, top):
+        """A made-up distribution; checks that it is read from the row the token was sampled from."""
+        before, _, _, logits = self.batches[-1][index]
+        assert logits and token == self.follows(before), "logprobs read from another row than the token's"
+        self.logprob_reads += 1
+        return -0.5, [(token, -0.5), (EOG, -1.5), (99, -2.5)][:top]
 
     def forget(self, seq, start):
         del self.kv[seq][start:]
@@ -365,3 +376,37 @@ def test_drafting_stops_when_many_sequences_generate():
                          speculation=Speculation(lookup=True, ngram=2, max_batch=2)), sink=q)
     run_all(s)
     assert all(collect(v)[1].usage.drafted == 0 for v in drain(q).values())
+
+
+@pytest.mark.parametrize("lookup", [False, True])
+@pytest.mark.parametrize("stop", [(), ("t5 t1",)])
+def test_logprobs_come_with_the_text_one_per_generated_token(lookup, stop):
+    from infer.engine.speculate import Speculation
+
+    b = FakeBackend(n_seq=1, n_ctx_seq=256, n_batch=64, cycle=5)
+    s = Scheduler(b, threaded=False)
+    q = queue.SimpleQueue()
+    s.submit(Request([1, 2, 3, 4, 5, 1, 2, 3, 4, 5, 1, 2], Sampling(temperature=0, max_tokens=20, stop=stop), id="a",
+                     speculation=Speculation(lookup=lookup, ngram=2), logprobs=2), sink=q)
+    run_all(s)
+    events = drain(q)["a"]
+    text, done = collect(events)
+    entries = [e for event in events if isinstance(event, Text) for e in event.logprobs]
+    assert len(entries) == done.usage.completion_tokens == b.logprob_reads
+    assert b"".join(e.piece for e in entries).decode().startswith(text)  # a stop string's tokens are counted too
+    assert all(e.logprob == -0.5 and [lp for _, lp in e.top] == [-0.5, -1.5] for e in entries)
+    if not stop:  # the stop string ends the answer at its 4th token
+        assert (done.usage.drafted > 0) == lookup
+
+
+def test_logprobs_are_computed_only_when_asked_for():
+    b = FakeBackend(n_seq=1)
+    s = Scheduler(b, threaded=False)
+    q = queue.SimpleQueue()
+    s.submit(req("a", [5], max_tokens=3), sink=q)
+    s.submit(Request([5], Sampling(temperature=0, max_tokens=3), id="b", logprobs=0), sink=q)
+    run_all(s)
+    events = drain(q)
+    assert all(e.logprobs == () for e in events["a"] if isinstance(e, Text))
+    assert [e.top for ev in events["b"] if isinstance(ev, Text) for e in ev.logprobs] == [()] * 3
+    assert b.logprob_reads == 3

@@ -400,3 +400,79 @@ def test_run_raw_against_the_server_without_n_is_a_local_run_raw(server, pulled)
     run = lambda *args: pulled("run", "--raw", "--temperature", "0", *args, RAW_PROMPT,  # noqa: E731
                                env={"INFER_HOST": server.url}, check=True, timeout=600)
     assert run().stdout == run("-n", str(CTX - prompt_tokens)).stdout
+
+
+# -- logprobs ----------------------------------------------------------------------------------------------------------
+FRUITS = [{"role": "user", "content": "Name three fruits."}]
+
+
+def check_chat_logprobs(entries, top: int) -> None:
+    """Each entry: a logprob <= 0, `top` alternatives most likely first, and (greedy) the token is the likeliest."""
+    for e in entries:
+        alternatives = [t.logprob for t in e.top_logprobs]
+        assert e.logprob <= 0 and len(alternatives) == top and alternatives == sorted(alternatives, reverse=True)
+        assert all(isinstance(t.token, str) and t.bytes is not None for t in e.top_logprobs)
+        assert e.logprob == max(alternatives)  # temperature 0: the chosen token is the most likely one
+
+
+def test_chat_logprobs(server):
+    r = client(server).chat.completions.create(model="smollm2", messages=FRUITS, max_tokens=12, temperature=0,
+                                               logprobs=True, top_logprobs=3)
+    [choice] = r.choices
+    assert len(choice.logprobs.content) == r.usage.completion_tokens
+    check_chat_logprobs(choice.logprobs.content, 3)
+    text = b"".join(bytes(e.bytes) for e in choice.logprobs.content).decode("utf-8", "replace")
+    assert text == choice.message.content  # the tokens are the answer's, in order
+
+
+def test_chat_logprobs_streamed(server):
+    chunks = list(client(server).chat.completions.create(
+        model="smollm2", messages=FRUITS, max_tokens=12, temperature=0, logprobs=True, top_logprobs=3, stream=True,
+        stream_options={"include_usage": True}))
+    entries = [e for c in chunks if c.choices and c.choices[0].logprobs for e in c.choices[0].logprobs.content]
+    assert len(entries) == chunks[-1].usage.completion_tokens
+    check_chat_logprobs(entries, 3)
+    text_chunks = [c for c in chunks if c.choices and c.choices[0].delta.content]
+    assert all(c.choices[0].logprobs.content for c in text_chunks)  # each text chunk carries its tokens' logprobs
+    r = client(server).chat.completions.create(model="smollm2", messages=FRUITS, max_tokens=3, stream=False)
+    assert r.choices[0].logprobs is None  # not asked for: null, as before
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_completion_logprobs(server, stream):
+    r = client(server).completions.create(model="smollm2", prompt="Once upon a time", max_tokens=8, temperature=0,
+                                          logprobs=2, stream=stream, stream_options={"include_usage": True} if stream
+                                          else None)
+    if stream:
+        chunks = list(r)
+        usage = chunks[-1].usage
+        parts = [c.choices[0].logprobs for c in chunks if c.choices and c.choices[0].logprobs]
+        fields = {k: [x for p in parts for x in getattr(p, k)] for k in ("tokens", "token_logprobs", "top_logprobs",
+                                                                        "text_offset")}
+    else:
+        usage = r.usage
+        fields = {k: getattr(r.choices[0].logprobs, k) for k in ("tokens", "token_logprobs", "top_logprobs",
+                                                                 "text_offset")}
+    assert [len(v) for v in fields.values()] == [usage.completion_tokens] * 4
+    assert fields["text_offset"][:1] == [0] and fields["text_offset"] == sorted(fields["text_offset"])
+    for token, value, top in zip(fields["tokens"], fields["token_logprobs"], fields["top_logprobs"]):
+        assert value <= 0 and 2 <= len(top) <= 3 and top[token] == value  # the sampled token is always there
+        assert value == max(top.values())  # temperature 0
+
+
+BAD_LOGPROBS = [
+    ("/v1/chat/completions", chat_body(logprobs=True, top_logprobs=21)),
+    ("/v1/chat/completions", chat_body(logprobs=True, top_logprobs=-1)),
+    ("/v1/chat/completions", chat_body(top_logprobs=2)),  # top_logprobs without logprobs
+    ("/v1/completions", {"model": "smollm2", "prompt": "hi", "logprobs": 6}),
+    ("/v1/completions", {"model": "smollm2", "prompt": "hi", "logprobs": -1}),
+]
+
+
+@pytest.mark.parametrize("path,body", BAD_LOGPROBS, ids=["top 21", "top -1", "top without logprobs", "completions 6",
+                                                         "completions -1"])
+def test_bad_logprobs_are_400(server, path, body):
+    r = httpx.post(server.url + path, json=body, timeout=60)
+    assert r.status_code == 400, r.text
+    error = r.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"} and "logprobs" in error["param"]

@@ -30,7 +30,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Iterator, Protocol
 
-from infer.engine.events import Done, Failed, Text, Timings, Usage
+from infer.engine.events import Done, Failed, Text, Timings, TokenLogprob, Usage
 from infer.engine.sampling import Sampling, StopMatcher
 from infer.engine.speculate import Lookup, Speculation
 from infer.errors import ContextOverflow, InferError
@@ -49,6 +49,7 @@ class Backend(Protocol):
     def add(self, token: int, pos: int, seq: int, logits: bool) -> None: ...
     def decode(self) -> None: ...  # decodes the pending batch and empties it; raises InferError
     def sample(self, sampler: object, index: int) -> int: ...  # index: position in the decoded batch
+    def logprobs(self, index: int, token: int, top: int) -> tuple[float, list[tuple[int, float]]]: ...  # raw log-softmax
     def forget(self, seq: int, start: int) -> None: ...  # drop the slot's KV cells from `start` on
     def new_sampler(self, sampling: Sampling) -> object: ...
     def free_sampler(self, sampler: object) -> None: ...
@@ -62,6 +63,7 @@ class Request:
     sampling: Sampling
     id: str = ""
     speculation: Speculation | None = None
+    logprobs: int | None = None  # report each token's logprob and this many alternatives (None: computed never)
 
 
 class Handle:
@@ -131,6 +133,7 @@ class _Seq:
     t_read: float | None = None
     decoder: object = field(default_factory=lambda: codecs.getincrementaldecoder("utf-8")("replace"))
     stops: StopMatcher | None = None
+    logprobs: list[TokenLogprob] = field(default_factory=list)  # of tokens not yet sent with a Text
 
 
 class Scheduler:
@@ -353,7 +356,7 @@ class Scheduler:
             accepted = 0
             for j in range(len(draft) + 1):
                 token = self.backend.sample(seq.sampler, seq.logits_at + j)
-                if not self._take(seq, token):  # finished: what follows in the KV is not the answer
+                if not self._take(seq, token, seq.logits_at + j):  # finished: what follows in the KV is not the answer
                     self._trim(seq.slot, base + j)
                     break
                 if j < len(draft) and token == draft[j]:
@@ -371,11 +374,11 @@ class Scheduler:
             self.backend.forget(slot, n)
             del held[n:]
 
-    def _take(self, seq: _Seq, token: int) -> bool:
-        """One sampled token: emit its text, or finish the sequence (end of generation, stop string, budget).
-        True while the sequence goes on."""
-        b = self.backend
-        if b.is_eog(token) and not seq.handle.request.sampling.ignore_eos:
+    def _take(self, seq: _Seq, token: int, index: int) -> bool:
+        """One sampled token (from the logits at `index` of the batch): emit its text, or finish the sequence
+        (end of generation, stop string, budget). True while the sequence goes on."""
+        b, req = self.backend, seq.handle.request
+        if b.is_eog(token) and not req.sampling.ignore_eos:
             self._finish(seq, reason="stop")
             return False
         seq.n_gen += 1
@@ -383,11 +386,14 @@ class Scheduler:
             seq.t_first = time.perf_counter()
         if seq.spec is not None:
             seq.spec.extend([token])
-        piece = seq.decoder.decode(b.piece(token))
+        raw = b.piece(token)
+        if req.logprobs is not None:
+            seq.logprobs.append(self._logprob(index, token, raw, req.logprobs))
+        piece = seq.decoder.decode(raw)
         if piece:
             text, hit = seq.stops.feed(piece)
             if text:
-                seq.handle._emit(Text(text))
+                self._emit_text(seq, text)
             if hit:
                 self._finish(seq, reason="stop", flush=False)
                 return False
@@ -405,11 +411,23 @@ class Scheduler:
             self.slot_tokens[seq.slot].clear()
             seq.handle._emit(Failed(failed))
             return
-        if flush and reason != "cancelled":
-            tail = seq.stops.flush() + seq.decoder.decode(b"", final=True)
-            if tail:
-                seq.handle._emit(Text(tail))
+        if reason != "cancelled":
+            tail = seq.stops.flush() + seq.decoder.decode(b"", final=True) if flush else ""
+            if tail or seq.logprobs:
+                self._emit_text(seq, tail)
         seq.handle._emit(self._done(seq, reason, seq.handle.request, time.perf_counter()))
+
+    def _emit_text(self, seq: _Seq, text: str) -> None:
+        """Text, with the logprobs of the tokens behind it (those of a stop string come with the last Text)."""
+        if seq.logprobs:
+            seq.handle._emit(Text(text, tuple(seq.logprobs)))
+            seq.logprobs.clear()
+        else:
+            seq.handle._emit(Text(text))
+
+    def _logprob(self, index: int, token: int, piece: bytes, top: int) -> TokenLogprob:
+        logprob, alternatives = self.backend.logprobs(index, token, top)
+        return TokenLogprob(piece, logprob, tuple((self.backend.piece(t), lp) for t, lp in alternatives))
 
     def _done(self, seq: _Seq | None, reason: str, request: Request, t_end: float) -> Done:
         if seq is None:  # cancelled while waiting

@@ -34,6 +34,7 @@ class _Sink:
 class Job:
     tokens: list[int]
     sampling: Sampling
+    logprobs: int | None = None  # alternatives per token to report (None: no logprobs)
 
 
 class Stream:
@@ -51,7 +52,8 @@ class Stream:
         self.handles = []
         try:
             for i, job in enumerate(jobs):
-                self.handles.append(sched.submit(Request(job.tokens, job.sampling, f"{request_id}-{i}"), sink=sink))
+                self.handles.append(sched.submit(Request(job.tokens, job.sampling, f"{request_id}-{i}",
+                                                         logprobs=job.logprobs), sink=sink))
         except BaseException:
             self.cancel()
             raise
