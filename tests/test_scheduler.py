@@ -11,7 +11,7 @@ import pytest
 
 from infer.engine import Done, Failed, Sampling, Text
 from infer.engine.scheduler import Request, Scheduler
-from infer.errors import ContextOverflow, InferError
+from infer.errors import ContextOverflow, InferError, UsageError
 
 EOG = 0
 
@@ -29,6 +29,7 @@ class FakeBackend:
         self.fail_next = False
         self.cycle = cycle  # tokens follow 1..cycle round and round (text that repeats: speculation hits)
         self.logprob_reads = 0
+        self.copies = []
 
     def add(self, token, pos, seq, logits):
         assert len(self.pending) < self.n_batch, "batch overflow"
@@ -69,6 +70,10 @@ class FakeBackend:
 
     def forget(self, seq, start):
         del self.kv[seq][start:]
+
+    def copy(self, src, dst):
+        self.kv[dst] = list(self.kv[src])
+        self.copies.append((src, dst))
 
     def new_sampler(self, sampling):
         self.samplers_live += 1
@@ -410,3 +415,67 @@ def test_logprobs_are_computed_only_when_asked_for():
     assert all(e.logprobs == () for e in events["a"] if isinstance(e, Text))
     assert [e.top for ev in events["b"] if isinstance(ev, Text) for e in ev.logprobs] == [()] * 3
     assert b.logprob_reads == 3
+
+
+def prompt_reads(b: FakeBackend, prompt) -> dict:
+    """How many of the prompt's tokens each slot decoded."""
+    reads: dict = {}
+    for batch in b.batches:
+        for token, _, seq, _ in batch:
+            if token in prompt:
+                reads[seq] = reads.get(seq, 0) + 1
+    return reads
+
+
+def test_a_group_reads_its_prompt_once_and_the_others_copy_its_kv():
+    b = FakeBackend(n_seq=3, n_batch=64)
+    s = Scheduler(b, threaded=False)
+    q = queue.SimpleQueue()
+    prompt = list(range(100, 120))
+    s.submit_group([req(str(i), prompt, max_tokens=3) for i in range(3)], sink=q)
+    run_all(s)
+    events = drain(q)
+    dones = {k: collect(v)[1] for k, v in events.items()}
+    assert {k: d.usage.completion_tokens for k, d in dones.items()} == {"0": 3, "1": 3, "2": 3}
+    assert {k: collect(v)[0] for k, v in events.items()} == {k: "t120 t121 t122 " for k in "012"}
+    assert prompt_reads(b, prompt) == {0: 20}  # one prefill; the copies are whole streams
+    assert b.copies == [(0, 1), (0, 2)]
+    assert [dones[k].usage.cached_tokens for k in "012"] == [0, 20, 20]
+    assert all(b.kv[i] == s.slot_tokens[i] for i in range(3))  # each KV holds exactly what the scheduler thinks
+
+
+def test_a_group_waits_for_enough_free_slots_and_is_not_overtaken():
+    b = FakeBackend(n_seq=2, n_batch=64)
+    s = Scheduler(b, threaded=False)
+    q = queue.SimpleQueue()
+    s.submit(req("busy", [1], max_tokens=5), sink=q)
+    s.step()
+    s.submit_group([req("g0", [7, 8], max_tokens=2), req("g1", [7, 8], max_tokens=2)], sink=q)
+    s.submit(req("late", [9], max_tokens=1), sink=q)
+    s.step()
+    assert set(s.active) == {0}  # one slot is free, but the group needs two; "late" waits behind it
+    run_all(s)
+    events = drain(q)
+    assert all(collect(events[k])[1].finish_reason == "length" for k in ("g0", "g1", "late"))
+    assert prompt_reads(b, [7, 8]) in ({0: 2}, {1: 2})
+
+
+def test_a_group_larger_than_the_slots_is_refused():
+    s = Scheduler(FakeBackend(n_seq=2), threaded=False)
+    with pytest.raises(UsageError):
+        s.submit_group([req(str(i), [1], max_tokens=1) for i in range(3)])
+    assert not s.waiting
+
+
+def test_when_the_leader_leaves_before_reading_the_prompt_a_follower_reads_it():
+    b = FakeBackend(n_seq=2, n_batch=8)
+    s = Scheduler(b, threaded=False)
+    q = queue.SimpleQueue()
+    prompt = list(range(100, 120))
+    leader, follower = s.submit_group([req("a", prompt, max_tokens=2), req("b", prompt, max_tokens=2)], sink=q)
+    s.step()  # 8 of 20 prompt tokens read
+    leader.cancel()
+    run_all(s)
+    events = drain(q)
+    assert collect(events["a"])[1].finish_reason == "cancelled"
+    assert collect(events["b"])[0] == "t120 t121 " and not b.copies

@@ -476,3 +476,27 @@ def test_bad_logprobs_are_400(server, path, body):
     assert r.status_code == 400, r.text
     error = r.json()["error"]
     assert set(error) == {"message", "type", "param", "code"} and "logprobs" in error["param"]
+
+
+# -- n choices share the prompt's KV ---------------------------------------------------------------------------------
+def test_n_choices_read_the_prompt_once(server):
+    def prefilled() -> float:
+        return metric(httpx.get(server.url + "/metrics").text, "infer_prefill_tokens_total", model="smollm2")
+
+    story = "Write a story about a lighthouse keeper called Zoltan-3141 who finds a map in a bottle. " * 3
+    before = prefilled()
+    r = client(server).chat.completions.create(model="smollm2", messages=[{"role": "user", "content": story}],
+                                               max_tokens=6, n=3, temperature=0.9, seed=11)
+    assert [c.index for c in r.choices] == [0, 1, 2]
+    assert all(c.finish_reason in ("stop", "length") for c in r.choices) and r.usage.completion_tokens <= 18
+    read = r.usage.prompt_tokens - r.usage.prompt_tokens_details.cached_tokens
+    assert r.usage.prompt_tokens > 60 and read > 30  # counted once, as OpenAI does; mostly new to the server
+    assert prefilled() - before == read  # one prefill: the other two choices copied its KV
+
+
+def test_greedy_choices_from_copied_kv_are_one_answer(server):
+    """At temperature 0 every choice is the first one's answer: the copied KV is the prompt the first one read."""
+    r = client(server).completions.create(model="smollm2", prompt="A list of the planets: Mercury,", max_tokens=16,
+                                          n=3, temperature=0)
+    assert len({c.text for c in r.choices}) == 1 and len({c.finish_reason for c in r.choices}) == 1
+    assert r.usage.completion_tokens % 3 == 0

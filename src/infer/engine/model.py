@@ -546,6 +546,11 @@ class LlamaBackend:
     def forget(self, seq: int, start: int) -> None:
         self._lib.llama_memory_seq_rm(self._mem, seq, start, -1)
 
+    def copy(self, src: int, dst: int) -> None:
+        """dst's KV becomes src's. Across the streams of a non-unified cache llama.cpp copies whole streams only
+        (p0 = p1 = -1), and does it at the start of the next decode, before that batch writes any cell."""
+        self._lib.llama_memory_seq_cp(self._mem, src, dst, -1, -1)
+
     def new_sampler(self, sampling: Sampling):
         if sampling.temperature <= 0 and not sampling.grammar and sampling.repeat_penalty == 1.0:
             return _GREEDY

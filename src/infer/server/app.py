@@ -295,6 +295,7 @@ def create_app(manager: Manager, config: Config) -> FastAPI:
         completion = sum(d.usage.completion_tokens for d in dones)
         request.state.tokens = (prompt, completion)
         metrics.prompt_tokens.labels(loaded.name).inc(prompt)
+        metrics.prefill_tokens.labels(loaded.name).inc(sum(d.usage.prompt_tokens - d.usage.cached_tokens for d in dones))
         metrics.completion_tokens.labels(loaded.name).inc(completion)
         loaded.last_used = time.monotonic()
 

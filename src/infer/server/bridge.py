@@ -38,7 +38,8 @@ class Job:
 
 
 class Stream:
-    """One API request: `n` engine requests (choices) submitted together; iterate (index, event)."""
+    """One API request: `n` engine requests (choices of one prompt) submitted as a group, so the prompt is read
+    once; iterate (index, event)."""
 
     def __init__(self, sched, jobs: list[Job], *, max_queue: int, request_id: str = "", metrics=None, model=""):
         self.sched = sched
@@ -49,14 +50,8 @@ class Stream:
             raise QueueFull(f"{stats['waiting']} requests are already waiting (--max-queue {max_queue})")
         self.q: asyncio.Queue = asyncio.Queue()
         sink = _Sink(asyncio.get_running_loop(), self.q, metrics)
-        self.handles = []
-        try:
-            for i, job in enumerate(jobs):
-                self.handles.append(sched.submit(Request(job.tokens, job.sampling, f"{request_id}-{i}",
-                                                         logprobs=job.logprobs), sink=sink))
-        except BaseException:
-            self.cancel()
-            raise
+        self.handles = sched.submit_group([Request(job.tokens, job.sampling, f"{request_id}-{i}", logprobs=job.logprobs)
+                                           for i, job in enumerate(jobs)], sink=sink)
         self.index = {h: i for i, h in enumerate(self.handles)}
         self.t0 = time.perf_counter()
 
