@@ -500,3 +500,36 @@ def test_greedy_choices_from_copied_kv_are_one_answer(server):
                                           n=3, temperature=0)
     assert len({c.text for c in r.choices}) == 1 and len({c.finish_reason for c in r.choices}) == 1
     assert r.usage.completion_tokens % 3 == 0
+
+
+# -- serve --lookup --------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def lookup_server(smollm2, tmp_path_factory):
+    s = Server(private_env(smollm2, tmp_path_factory.mktemp("lookup")), "-m", "smollm2", "--parallel", str(PARALLEL),
+               "-c", str(CTX), "--lookup")
+    yield s
+    s.stop()
+
+
+def test_lookup_server_gives_the_plain_server_s_text_and_reports_its_drafts(server, lookup_server):
+    # A `const` schema makes the answer a copy of the prompt's text whatever the model would say, so the n-grams
+    # match: drafts are certain, and the forced tokens accept them.
+    text = " ".join(f"item number {i}" for i in range(20))
+    body = {"model": "smollm2", "messages": [{"role": "user", "content": f"Repeat this list exactly.\n\n{text}"}],
+            "max_tokens": 200, "temperature": 0, "response_format": {"type": "json_schema", "json_schema": {
+                "name": "copy", "schema": {"type": "string", "const": text}}}}
+    plain, fast = (client(s).chat.completions.create(**body) for s in (server, lookup_server))
+    assert fast.choices[0].message.content == plain.choices[0].message.content
+    assert json.loads(fast.choices[0].message.content) == text and fast.choices[0].finish_reason == "stop"
+    assert fast.usage.completion_tokens == plain.usage.completion_tokens
+    kept, dropped = (fast.usage.completion_tokens_details.accepted_prediction_tokens,
+                     fast.usage.completion_tokens_details.rejected_prediction_tokens)
+    assert kept > 0 and dropped >= 0  # drafted = kept + dropped
+    assert plain.usage.completion_tokens_details.accepted_prediction_tokens == 0
+    assert plain.usage.completion_tokens_details.rejected_prediction_tokens == 0
+
+
+@pytest.mark.parametrize("args", [["--lookup", "--draft-max", "0"], ["--draft-max", "4"], ["--lookup", "--ngram", "9"]])
+def test_serve_refuses_bad_speculation_values(infer, args):
+    proc = infer("serve", "--port", "0", *args, timeout=60)
+    assert proc.returncode == 2 and proc.stdout == "" and proc.stderr.count("\n") == 1

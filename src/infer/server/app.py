@@ -41,6 +41,7 @@ class Config:
     cors_origins: list[str] = field(default_factory=list)
     verbose: bool = False
     preload: list[str] = field(default_factory=list)
+    speculation: object = None  # infer.engine.Speculation for every request (`serve --lookup`), or None
     on_ready: Callable[[list[Loaded]], None] = lambda loaded: None
     on_fail: Callable[[BaseException], None] = lambda error: None
     log: Callable[[str], None] = lambda line: (sys.stderr.write(line + "\n"), sys.stderr.flush())
@@ -253,7 +254,8 @@ def create_app(manager: Manager, config: Config) -> FastAPI:
             try:
                 if num_ctx:
                     await manager.ensure_ctx(loaded, num_ctx)
-                return Stream(loaded.sched, [Job(tokens, s, logprobs) for s in samplings], max_queue=config.max_queue,
+                return Stream(loaded.sched, [Job(tokens, s, logprobs, config.speculation) for s in samplings],
+                              max_queue=config.max_queue,
                               request_id=rid, metrics=metrics, model=loaded.name)
             except (InferError, QueueFull) as e:
                 raise api_error(e) from None

@@ -8,7 +8,7 @@ import time
 from dataclasses import dataclass
 from typing import AsyncIterator
 
-from infer.engine import Done, Failed, Sampling, Text
+from infer.engine import Done, Failed, Sampling, Speculation, Text
 from infer.engine.scheduler import Request
 
 
@@ -35,6 +35,7 @@ class Job:
     tokens: list[int]
     sampling: Sampling
     logprobs: int | None = None  # alternatives per token to report (None: no logprobs)
+    speculation: Speculation | None = None
 
 
 class Stream:
@@ -50,8 +51,8 @@ class Stream:
             raise QueueFull(f"{stats['waiting']} requests are already waiting (--max-queue {max_queue})")
         self.q: asyncio.Queue = asyncio.Queue()
         sink = _Sink(asyncio.get_running_loop(), self.q, metrics)
-        self.handles = sched.submit_group([Request(job.tokens, job.sampling, f"{request_id}-{i}", logprobs=job.logprobs)
-                                           for i, job in enumerate(jobs)], sink=sink)
+        self.handles = sched.submit_group([Request(job.tokens, job.sampling, f"{request_id}-{i}", speculation=job.speculation,
+                                                   logprobs=job.logprobs) for i, job in enumerate(jobs)], sink=sink)
         self.index = {h: i for i, h in enumerate(self.handles)}
         self.t0 = time.perf_counter()
 

@@ -172,11 +172,15 @@ def finish(reason: str) -> str:
 
 
 def usage(dones: list[Done]) -> dict:
+    """OpenAI's usage; drafts of `serve --lookup` the model kept or not are OpenAI's predicted-output counts."""
     prompt = dones[0].usage.prompt_tokens if dones else 0
     completion = sum(d.usage.completion_tokens for d in dones)
     cached = dones[0].usage.cached_tokens if dones else 0
+    accepted = sum(d.usage.accepted for d in dones)
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
-            "prompt_tokens_details": {"cached_tokens": cached}}
+            "prompt_tokens_details": {"cached_tokens": cached},
+            "completion_tokens_details": {"accepted_prediction_tokens": accepted,
+                                          "rejected_prediction_tokens": sum(d.usage.drafted for d in dones) - accepted}}
 
 
 class Logprobs:
