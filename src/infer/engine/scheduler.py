@@ -51,7 +51,7 @@ class Backend(Protocol):
     def add(self, token: int, pos: int, seq: int, logits: bool) -> None: ...
     def decode(self) -> None: ...  # decodes the pending batch and empties it; raises InferError
     def sample(self, sampler: object, index: int) -> int: ...  # index: position in the decoded batch
-    def logprobs(self, index: int, token: int, top: int) -> tuple[float, list[tuple[int, float]]]: ...  # raw log-softmax
+    def logprobs(self, index: int, token: int, top: int) -> tuple[float, list[tuple[int, float]]]: ...  # log-softmax
     def forget(self, seq: int, start: int) -> None: ...  # drop the slot's KV cells from `start` on
     def copy(self, src: int, dst: int) -> None: ...  # the slot dst's KV becomes a copy of src's
     def new_sampler(self, sampling: Sampling) -> object: ...

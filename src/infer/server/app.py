@@ -22,7 +22,7 @@ from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from infer import __version__
-from infer.engine import Done, Failed, Text
+from infer.engine import Done, Failed, Speculation, Text
 from infer.errors import ContextOverflow, InferError, ModelNotFound, UsageError
 from infer.server import ollama, openai
 from infer.server.bridge import Job, QueueFull, Stream
@@ -41,7 +41,7 @@ class Config:
     cors_origins: list[str] = field(default_factory=list)
     verbose: bool = False
     preload: list[str] = field(default_factory=list)
-    speculation: object = None  # infer.engine.Speculation for every request (`serve --lookup`), or None
+    speculation: Speculation | None = None  # for every request (`serve --lookup`)
     on_ready: Callable[[list[Loaded]], None] = lambda loaded: None
     on_fail: Callable[[BaseException], None] = lambda error: None
     log: Callable[[str], None] = lambda line: (sys.stderr.write(line + "\n"), sys.stderr.flush())
@@ -255,8 +255,7 @@ def create_app(manager: Manager, config: Config) -> FastAPI:
                 if num_ctx:
                     await manager.ensure_ctx(loaded, num_ctx)
                 return Stream(loaded.sched, [Job(tokens, s, logprobs, config.speculation) for s in samplings],
-                              max_queue=config.max_queue,
-                              request_id=rid, metrics=metrics, model=loaded.name)
+                              max_queue=config.max_queue, request_id=rid, metrics=metrics, model=loaded.name)
             except (InferError, QueueFull) as e:
                 raise api_error(e) from None
 
@@ -297,7 +296,8 @@ def create_app(manager: Manager, config: Config) -> FastAPI:
         completion = sum(d.usage.completion_tokens for d in dones)
         request.state.tokens = (prompt, completion)
         metrics.prompt_tokens.labels(loaded.name).inc(prompt)
-        metrics.prefill_tokens.labels(loaded.name).inc(sum(d.usage.prompt_tokens - d.usage.cached_tokens for d in dones))
+        evaluated = sum(d.usage.prompt_tokens - d.usage.cached_tokens for d in dones)
+        metrics.prefill_tokens.labels(loaded.name).inc(evaluated)
         metrics.completion_tokens.labels(loaded.name).inc(completion)
         loaded.last_used = time.monotonic()
 
@@ -350,7 +350,8 @@ def create_app(manager: Manager, config: Config) -> FastAPI:
         if not body.stream:
             texts, dones, logprobs = await collect(request, loaded, stream)
             make = openai.chat_response if chat else openai.completion_response
-            return JSONResponse(make(rid, name, texts, dones, shapes and [f(lp) for f, lp in zip(shapes, logprobs)]))
+            shaped = [f(lp) for f, lp in zip(shapes, logprobs)] if shapes else None
+            return JSONResponse(make(rid, name, texts, dones, shaped))
         return StreamingResponse(openai_sse(request, loaded, stream, rid, name, chat, body.include_usage(), shapes),
                                  media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
@@ -364,8 +365,8 @@ def create_app(manager: Manager, config: Config) -> FastAPI:
             async for i, event in stream.events():
                 if isinstance(event, Text):
                     lp = shapes[i](event.logprobs) if shapes else None
-                    yield openai.sse(openai.chat_chunk(rid, name, created, i, {"content": event.text}, logprobs=lp) if chat
-                                     else openai.completion_chunk(rid, name, created, i, event.text, logprobs=lp))
+                    yield openai.sse(openai.chat_chunk(rid, name, created, i, {"content": event.text}, None, lp) if chat
+                                     else openai.completion_chunk(rid, name, created, i, event.text, None, lp))
                 elif isinstance(event, Done):
                     dones.append(event)
                     reason = openai.finish(event.finish_reason)

@@ -51,8 +51,9 @@ class Stream:
             raise QueueFull(f"{stats['waiting']} requests are already waiting (--max-queue {max_queue})")
         self.q: asyncio.Queue = asyncio.Queue()
         sink = _Sink(asyncio.get_running_loop(), self.q, metrics)
-        self.handles = sched.submit_group([Request(job.tokens, job.sampling, f"{request_id}-{i}", speculation=job.speculation,
-                                                   logprobs=job.logprobs) for i, job in enumerate(jobs)], sink=sink)
+        self.handles = sched.submit_group([Request(job.tokens, job.sampling, f"{request_id}-{i}",
+                                                   speculation=job.speculation, logprobs=job.logprobs)
+                                           for i, job in enumerate(jobs)], sink=sink)
         self.index = {h: i for i, h in enumerate(self.handles)}
         self.t0 = time.perf_counter()
 

@@ -217,12 +217,14 @@ def chat_response(rid: str, model: str, texts: list[str], dones: list[Done], log
     return {
         "id": rid, "object": "chat.completion", "created": int(time.time()), "model": model,
         "choices": [{"index": i, "message": {"role": "assistant", "content": t}, "logprobs": lp,
-                     "finish_reason": finish(d.finish_reason)} for i, (t, d, lp) in enumerate(zip(texts, dones, logprobs))],
+                     "finish_reason": finish(d.finish_reason)}
+                    for i, (t, d, lp) in enumerate(zip(texts, dones, logprobs))],
         "usage": usage(dones), "system_fingerprint": None,
     }
 
 
-def completion_response(rid: str, model: str, texts: list[str], dones: list[Done], logprobs: list | None = None) -> dict:
+def completion_response(rid: str, model: str, texts: list[str], dones: list[Done],
+                        logprobs: list | None = None) -> dict:
     logprobs = logprobs or [None] * len(texts)
     return {
         "id": rid, "object": "text_completion", "created": int(time.time()), "model": model,
