@@ -11,7 +11,7 @@ import pytest
 
 from infer.engine import Done, Failed, Sampling, Text
 from infer.engine.scheduler import Request, Scheduler
-from infer.errors import ContextOverflow, InferError
+from infer.errors import ContextOverflow, InferError, UsageError
 
 EOG = 0
 
@@ -28,6 +28,8 @@ class FakeBackend:
         self.eog_after = eog_after
         self.fail_next = False
         self.cycle = cycle  # tokens follow 1..cycle round and round (text that repeats: speculation hits)
+        self.logprob_reads = 0
+        self.copies = []
 
     def add(self, token, pos, seq, logits):
         assert len(self.pending) < self.n_batch, "batch overflow"
@@ -52,12 +54,26 @@ class FakeBackend:
         sampler["n"] += 1
         if self.eog_after is not None and n_gen >= self.eog_after:
             return EOG
+        return self.follows(token)
+
+    def follows(self, token):
         if self.cycle:
             return token % self.cycle + 1
         return token + 1 if token + 1 != EOG else 1
 
+    def logprobs(self, index, token, top):
+        """A made-up distribution; checks that it is read from the row the token was sampled from."""
+        before, _, _, logits = self.batches[-1][index]
+        assert logits and token == self.follows(before), "logprobs read from another row than the token's"
+        self.logprob_reads += 1
+        return -0.5, [(token, -0.5), (EOG, -1.5), (99, -2.5)][:top]
+
     def forget(self, seq, start):
         del self.kv[seq][start:]
+
+    def copy(self, src, dst):
+        self.kv[dst] = list(self.kv[src])
+        self.copies.append((src, dst))
 
     def new_sampler(self, sampling):
         self.samplers_live += 1
@@ -365,3 +381,101 @@ def test_drafting_stops_when_many_sequences_generate():
                          speculation=Speculation(lookup=True, ngram=2, max_batch=2)), sink=q)
     run_all(s)
     assert all(collect(v)[1].usage.drafted == 0 for v in drain(q).values())
+
+
+@pytest.mark.parametrize("lookup", [False, True])
+@pytest.mark.parametrize("stop", [(), ("t5 t1",)])
+def test_logprobs_come_with_the_text_one_per_generated_token(lookup, stop):
+    from infer.engine.speculate import Speculation
+
+    b = FakeBackend(n_seq=1, n_ctx_seq=256, n_batch=64, cycle=5)
+    s = Scheduler(b, threaded=False)
+    q = queue.SimpleQueue()
+    s.submit(Request([1, 2, 3, 4, 5, 1, 2, 3, 4, 5, 1, 2], Sampling(temperature=0, max_tokens=20, stop=stop), id="a",
+                     speculation=Speculation(lookup=lookup, ngram=2), logprobs=2), sink=q)
+    run_all(s)
+    events = drain(q)["a"]
+    text, done = collect(events)
+    entries = [e for event in events if isinstance(event, Text) for e in event.logprobs]
+    assert len(entries) == done.usage.completion_tokens == b.logprob_reads
+    assert b"".join(e.piece for e in entries).decode().startswith(text)  # a stop string's tokens are counted too
+    assert all(e.logprob == -0.5 and [lp for _, lp in e.top] == [-0.5, -1.5] for e in entries)
+    if not stop:  # the stop string ends the answer at its 4th token
+        assert (done.usage.drafted > 0) == lookup
+
+
+def test_logprobs_are_computed_only_when_asked_for():
+    b = FakeBackend(n_seq=1)
+    s = Scheduler(b, threaded=False)
+    q = queue.SimpleQueue()
+    s.submit(req("a", [5], max_tokens=3), sink=q)
+    s.submit(Request([5], Sampling(temperature=0, max_tokens=3), id="b", logprobs=0), sink=q)
+    run_all(s)
+    events = drain(q)
+    assert all(e.logprobs == () for e in events["a"] if isinstance(e, Text))
+    assert [e.top for ev in events["b"] if isinstance(ev, Text) for e in ev.logprobs] == [()] * 3
+    assert b.logprob_reads == 3
+
+
+def prompt_reads(b: FakeBackend, prompt) -> dict:
+    """How many of the prompt's tokens each slot decoded."""
+    reads: dict = {}
+    for batch in b.batches:
+        for token, _, seq, _ in batch:
+            if token in prompt:
+                reads[seq] = reads.get(seq, 0) + 1
+    return reads
+
+
+def test_a_group_reads_its_prompt_once_and_the_others_copy_its_kv():
+    b = FakeBackend(n_seq=3, n_batch=64)
+    s = Scheduler(b, threaded=False)
+    q = queue.SimpleQueue()
+    prompt = list(range(100, 120))
+    s.submit_group([req(str(i), prompt, max_tokens=3) for i in range(3)], sink=q)
+    run_all(s)
+    events = drain(q)
+    dones = {k: collect(v)[1] for k, v in events.items()}
+    assert {k: d.usage.completion_tokens for k, d in dones.items()} == {"0": 3, "1": 3, "2": 3}
+    assert {k: collect(v)[0] for k, v in events.items()} == {k: "t120 t121 t122 " for k in "012"}
+    assert prompt_reads(b, prompt) == {0: 20}  # one prefill; the copies are whole streams
+    assert b.copies == [(0, 1), (0, 2)]
+    assert [dones[k].usage.cached_tokens for k in "012"] == [0, 20, 20]
+    assert all(b.kv[i] == s.slot_tokens[i] for i in range(3))  # each KV holds exactly what the scheduler thinks
+
+
+def test_a_group_waits_for_enough_free_slots_and_is_not_overtaken():
+    b = FakeBackend(n_seq=2, n_batch=64)
+    s = Scheduler(b, threaded=False)
+    q = queue.SimpleQueue()
+    s.submit(req("busy", [1], max_tokens=5), sink=q)
+    s.step()
+    s.submit_group([req("g0", [7, 8], max_tokens=2), req("g1", [7, 8], max_tokens=2)], sink=q)
+    s.submit(req("late", [9], max_tokens=1), sink=q)
+    s.step()
+    assert set(s.active) == {0}  # one slot is free, but the group needs two; "late" waits behind it
+    run_all(s)
+    events = drain(q)
+    assert all(collect(events[k])[1].finish_reason == "length" for k in ("g0", "g1", "late"))
+    assert prompt_reads(b, [7, 8]) in ({0: 2}, {1: 2})
+
+
+def test_a_group_larger_than_the_slots_is_refused():
+    s = Scheduler(FakeBackend(n_seq=2), threaded=False)
+    with pytest.raises(UsageError):
+        s.submit_group([req(str(i), [1], max_tokens=1) for i in range(3)])
+    assert not s.waiting
+
+
+def test_when_the_leader_leaves_before_reading_the_prompt_a_follower_reads_it():
+    b = FakeBackend(n_seq=2, n_batch=8)
+    s = Scheduler(b, threaded=False)
+    q = queue.SimpleQueue()
+    prompt = list(range(100, 120))
+    leader, follower = s.submit_group([req("a", prompt, max_tokens=2), req("b", prompt, max_tokens=2)], sink=q)
+    s.step()  # 8 of 20 prompt tokens read
+    leader.cancel()
+    run_all(s)
+    events = drain(q)
+    assert collect(events["a"])[1].finish_reason == "cancelled"
+    assert collect(events["b"])[0] == "t120 t121 " and not b.copies

@@ -371,3 +371,165 @@ def test_a_chat_that_resends_its_history_reads_only_the_new_turn(server):
         cached.append(hit)
         previous_prompt = r.usage.prompt_tokens
     assert cached == sorted(cached) and cached[-1] > cached[1] > 0
+
+
+# -- /v1/completions without max_tokens --------------------------------------------------------------------------------
+RAW_PROMPT = "The three primary colours are"
+
+
+def test_completions_without_max_tokens_run_to_the_end(server):
+    """No max_tokens: until the model stops or the sequence's context is full (llama-server's rule, not OpenAI's
+    16), so the answer is the one a limit as large as the context allows gives."""
+    def complete(**extra) -> dict:
+        r = httpx.post(server.url + "/v1/completions", json={"model": "smollm2", "prompt": RAW_PROMPT,
+                                                             "temperature": 0, **extra}, timeout=600)
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    endless = complete(ignore_eos=True)  # reads the prompt whole; the runs below reuse it and read its last token
+    room = CTX - endless["usage"]["prompt_tokens"]
+    assert endless["choices"][0]["finish_reason"] == "length" and endless["usage"]["completion_tokens"] == room
+    unlimited, limited = complete(), complete(max_tokens=room)
+    assert unlimited["usage"]["completion_tokens"] == limited["usage"]["completion_tokens"]
+    assert unlimited["choices"][0]["text"] == limited["choices"][0]["text"]
+
+
+def test_run_raw_against_the_server_without_n_is_a_local_run_raw(server, pulled):
+    prompt_tokens = httpx.post(server.url + "/v1/completions", timeout=120, json={
+        "model": "smollm2", "prompt": RAW_PROMPT, "max_tokens": 1}).json()["usage"]["prompt_tokens"]
+    run = lambda *args: pulled("run", "--raw", "--temperature", "0", *args, RAW_PROMPT,  # noqa: E731
+                               env={"INFER_HOST": server.url}, check=True, timeout=600)
+    assert run().stdout == run("-n", str(CTX - prompt_tokens)).stdout
+
+
+# -- logprobs ----------------------------------------------------------------------------------------------------------
+FRUITS = [{"role": "user", "content": "Name three fruits."}]
+
+
+def check_chat_logprobs(entries, top: int) -> None:
+    """Each entry: a logprob <= 0, `top` alternatives most likely first, and (greedy) the token is the likeliest."""
+    for e in entries:
+        alternatives = [t.logprob for t in e.top_logprobs]
+        assert e.logprob <= 0 and len(alternatives) == top and alternatives == sorted(alternatives, reverse=True)
+        assert all(isinstance(t.token, str) and t.bytes is not None for t in e.top_logprobs)
+        assert e.logprob == max(alternatives)  # temperature 0: the chosen token is the most likely one
+
+
+def test_chat_logprobs(server):
+    r = client(server).chat.completions.create(model="smollm2", messages=FRUITS, max_tokens=12, temperature=0,
+                                               logprobs=True, top_logprobs=3)
+    [choice] = r.choices
+    assert len(choice.logprobs.content) == r.usage.completion_tokens
+    check_chat_logprobs(choice.logprobs.content, 3)
+    text = b"".join(bytes(e.bytes) for e in choice.logprobs.content).decode("utf-8", "replace")
+    assert text == choice.message.content  # the tokens are the answer's, in order
+
+
+def test_chat_logprobs_streamed(server):
+    chunks = list(client(server).chat.completions.create(
+        model="smollm2", messages=FRUITS, max_tokens=12, temperature=0, logprobs=True, top_logprobs=3, stream=True,
+        stream_options={"include_usage": True}))
+    entries = [e for c in chunks if c.choices and c.choices[0].logprobs for e in c.choices[0].logprobs.content]
+    assert len(entries) == chunks[-1].usage.completion_tokens
+    check_chat_logprobs(entries, 3)
+    text_chunks = [c for c in chunks if c.choices and c.choices[0].delta.content]
+    assert all(c.choices[0].logprobs.content for c in text_chunks)  # each text chunk carries its tokens' logprobs
+    r = client(server).chat.completions.create(model="smollm2", messages=FRUITS, max_tokens=3, stream=False)
+    assert r.choices[0].logprobs is None  # not asked for: null, as before
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_completion_logprobs(server, stream):
+    r = client(server).completions.create(model="smollm2", prompt="Once upon a time", max_tokens=8, temperature=0,
+                                          logprobs=2, stream=stream, stream_options={"include_usage": True} if stream
+                                          else None)
+    if stream:
+        chunks = list(r)
+        usage = chunks[-1].usage
+        parts = [c.choices[0].logprobs for c in chunks if c.choices and c.choices[0].logprobs]
+        fields = {k: [x for p in parts for x in getattr(p, k)] for k in ("tokens", "token_logprobs", "top_logprobs",
+                                                                        "text_offset")}
+    else:
+        usage = r.usage
+        fields = {k: getattr(r.choices[0].logprobs, k) for k in ("tokens", "token_logprobs", "top_logprobs",
+                                                                 "text_offset")}
+    assert [len(v) for v in fields.values()] == [usage.completion_tokens] * 4
+    assert fields["text_offset"][:1] == [0] and fields["text_offset"] == sorted(fields["text_offset"])
+    for token, value, top in zip(fields["tokens"], fields["token_logprobs"], fields["top_logprobs"]):
+        assert value <= 0 and 2 <= len(top) <= 3 and top[token] == value  # the sampled token is always there
+        assert value == max(top.values())  # temperature 0
+
+
+BAD_LOGPROBS = [
+    ("/v1/chat/completions", chat_body(logprobs=True, top_logprobs=21)),
+    ("/v1/chat/completions", chat_body(logprobs=True, top_logprobs=-1)),
+    ("/v1/chat/completions", chat_body(top_logprobs=2)),  # top_logprobs without logprobs
+    ("/v1/completions", {"model": "smollm2", "prompt": "hi", "logprobs": 6}),
+    ("/v1/completions", {"model": "smollm2", "prompt": "hi", "logprobs": -1}),
+]
+
+
+@pytest.mark.parametrize("path,body", BAD_LOGPROBS, ids=["top 21", "top -1", "top without logprobs", "completions 6",
+                                                         "completions -1"])
+def test_bad_logprobs_are_400(server, path, body):
+    r = httpx.post(server.url + path, json=body, timeout=60)
+    assert r.status_code == 400, r.text
+    error = r.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"} and "logprobs" in error["param"]
+
+
+# -- n choices share the prompt's KV ---------------------------------------------------------------------------------
+def test_n_choices_read_the_prompt_once(server):
+    def prefilled() -> float:
+        return metric(httpx.get(server.url + "/metrics").text, "infer_prefill_tokens_total", model="smollm2")
+
+    story = "Write a story about a lighthouse keeper called Zoltan-3141 who finds a map in a bottle. " * 3
+    before = prefilled()
+    r = client(server).chat.completions.create(model="smollm2", messages=[{"role": "user", "content": story}],
+                                               max_tokens=6, n=3, temperature=0.9, seed=11)
+    assert [c.index for c in r.choices] == [0, 1, 2]
+    assert all(c.finish_reason in ("stop", "length") for c in r.choices) and r.usage.completion_tokens <= 18
+    read = r.usage.prompt_tokens - r.usage.prompt_tokens_details.cached_tokens
+    assert r.usage.prompt_tokens > 60 and read > 30  # counted once, as OpenAI does; mostly new to the server
+    assert prefilled() - before == read  # one prefill: the other two choices copied its KV
+
+
+def test_greedy_choices_from_copied_kv_are_one_answer(server):
+    """At temperature 0 every choice is the first one's answer: the copied KV is the prompt the first one read."""
+    r = client(server).completions.create(model="smollm2", prompt="A list of the planets: Mercury,", max_tokens=16,
+                                          n=3, temperature=0)
+    assert len({c.text for c in r.choices}) == 1 and len({c.finish_reason for c in r.choices}) == 1
+    assert r.usage.completion_tokens % 3 == 0
+
+
+# -- serve --lookup --------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def lookup_server(smollm2, tmp_path_factory):
+    s = Server(private_env(smollm2, tmp_path_factory.mktemp("lookup")), "-m", "smollm2", "--parallel", str(PARALLEL),
+               "-c", str(CTX), "--lookup")
+    yield s
+    s.stop()
+
+
+def test_lookup_server_gives_the_plain_server_s_text_and_reports_its_drafts(server, lookup_server):
+    # A `const` schema makes the answer a copy of the prompt's text whatever the model would say, so the n-grams
+    # match: drafts are certain, and the forced tokens accept them.
+    text = " ".join(f"item number {i}" for i in range(20))
+    body = {"model": "smollm2", "messages": [{"role": "user", "content": f"Repeat this list exactly.\n\n{text}"}],
+            "max_tokens": 200, "temperature": 0, "response_format": {"type": "json_schema", "json_schema": {
+                "name": "copy", "schema": {"type": "string", "const": text}}}}
+    plain, fast = (client(s).chat.completions.create(**body) for s in (server, lookup_server))
+    assert fast.choices[0].message.content == plain.choices[0].message.content
+    assert json.loads(fast.choices[0].message.content) == text and fast.choices[0].finish_reason == "stop"
+    assert fast.usage.completion_tokens == plain.usage.completion_tokens
+    kept, dropped = (fast.usage.completion_tokens_details.accepted_prediction_tokens,
+                     fast.usage.completion_tokens_details.rejected_prediction_tokens)
+    assert kept > 0 and dropped >= 0  # drafted = kept + dropped
+    assert plain.usage.completion_tokens_details.accepted_prediction_tokens == 0
+    assert plain.usage.completion_tokens_details.rejected_prediction_tokens == 0
+
+
+@pytest.mark.parametrize("args", [["--lookup", "--draft-max", "0"], ["--draft-max", "4"], ["--lookup", "--ngram", "9"]])
+def test_serve_refuses_bad_speculation_values(infer, args):
+    proc = infer("serve", "--port", "0", *args, timeout=60)
+    assert proc.returncode == 2 and proc.stdout == "" and proc.stderr.count("\n") == 1

@@ -96,3 +96,36 @@ def test_ollama_options():
     s = ollama.sampling(o, Sampling(), None)
     assert s.max_tokens is None and s.stop == ("x",) and s.top_k == 3
     assert ollama.format_of("json") == (True, None) and ollama.format_of({"type": "object"}) == (True, {"type": "object"})
+
+
+def test_completion_logprobs_offsets_run_on_across_chunks_and_hold_the_sampled_token():
+    from infer.engine import TokenLogprob
+
+    shape = openai.Logprobs(chat=False)
+    euro = "€".encode()  # three bytes, split over two tokens: its character starts where the first one is
+    first = shape([TokenLogprob(b"ab", -0.1, ((b"ab", -0.1), (b"x", -3.0))), TokenLogprob(euro[:2], -0.2)])
+    second = shape([TokenLogprob(euro[2:], -0.3), TokenLogprob(b"c", -4.0, ((b"d", -1.0),))])
+    assert first["text_offset"] + second["text_offset"] == [0, 2, 2, 3]
+    assert first["top_logprobs"][0] == {"ab": -0.1, "x": -3.0} and second["top_logprobs"][1] == {"d": -1.0, "c": -4.0}
+    chat = openai.Logprobs(chat=True)([TokenLogprob(euro[:2], -0.2, ((euro[:2], -0.2),))])
+    assert chat["content"][0]["bytes"] == list(euro[:2]) and chat["content"][0]["top_logprobs"][0]["logprob"] == -0.2
+
+
+def test_logprobs_requests():
+    chat = lambda **kw: openai.ChatRequest.model_validate({"messages": [{"role": "user", "content": "x"}], **kw})  # noqa: E731
+    assert chat().logprobs_top() is None and chat(logprobs=True).logprobs_top() == 0
+    assert chat(logprobs=True, top_logprobs=5).logprobs_top() == 5
+    with pytest.raises(ValueError):
+        chat(top_logprobs=2).logprobs_top()
+    assert openai.CompletionRequest.model_validate({"prompt": "x", "logprobs": 3}).logprobs_top() == 3
+    assert openai.CompletionRequest.model_validate({"prompt": "x"}).limit() is None  # no max_tokens: no limit
+
+
+def test_usage_reports_drafts_as_predicted_output_counts():
+    from infer.engine import Done, Timings, Usage
+
+    timings = Timings(0, 0, 0, 0, 0, 0)
+    dones = [Done("stop", Usage(10, 5, 2, drafted=6, accepted=4), timings), Done("stop", Usage(10, 3, 10), timings)]
+    u = openai.usage(dones)
+    assert (u["prompt_tokens"], u["completion_tokens"], u["prompt_tokens_details"]["cached_tokens"]) == (10, 8, 2)
+    assert u["completion_tokens_details"] == {"accepted_prediction_tokens": 4, "rejected_prediction_tokens": 2}

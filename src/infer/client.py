@@ -232,6 +232,9 @@ class Stream:
         completion_tokens = _int(usage.get("completion_tokens"), n_chunks)
         details = usage.get("prompt_tokens_details")
         cached = _int(details.get("cached_tokens")) if isinstance(details, dict) else 0
+        drafts = usage.get("completion_tokens_details")  # `infer serve --lookup`: drafts kept and dropped
+        drafts = drafts if isinstance(drafts, dict) else {}
+        accepted = _int(drafts.get("accepted_prediction_tokens"))
         ttft = (t_first or t_end) - t0
         gen_s = t_end - (t_first or t_end)
         prompt_tps = _float((timings or {}).get("prompt_per_second")) if isinstance(timings, dict) else 0.0
@@ -239,7 +242,8 @@ class Stream:
             prompt_tps = prompt_tokens / ttft  # as this client sees it: queue and network included
         return Done(
             finish_reason=finish if finish in ("stop", "length", "cancelled") else "stop",
-            usage=Usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, cached_tokens=cached),
+            usage=Usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, cached_tokens=cached,
+                        drafted=accepted + _int(drafts.get("rejected_prediction_tokens")), accepted=accepted),
             timings=Timings(load_s=0.0, ttft_s=ttft, prompt_s=ttft, gen_s=gen_s, prompt_tps=prompt_tps,
                             gen_tps=(completion_tokens - 1) / gen_s if completion_tokens > 1 and gen_s > 0 else 0.0))
 

@@ -22,6 +22,7 @@ Examples:
   infer serve
   infer serve -m smollm2 -m qwen2.5:0.5b --parallel 8 --ctx-size 4096
   infer serve --port 0                      # a free port, printed on stderr
+  infer serve --lookup                      # prompt-lookup speculative decoding for every request
   INFER_API_KEY=secret infer serve --host 0.0.0.0
   curl -s localhost:11435/v1/chat/completions -d '{"messages":[{"role":"user","content":"hi"}]}'
 """
@@ -81,6 +82,10 @@ def serve(
     rpc: o.Rpc = None,
     tensor_split: o.TensorSplit = None,
     force_rpc: o.ForceRpc = False,
+    lookup: o.Lookup = False,
+    draft_max: o.DraftMax = None,
+    draft_min: o.DraftMin = None,
+    ngram: o.Ngram = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log request bodies (prompt text) and llama.cpp's "
                                                                    "logs.")] = False,
 ) -> None:
@@ -99,6 +104,7 @@ def serve(
     from infer.server.models import parse_duration
 
     keep = parse_duration(keep_alive)
+    speculation = o.build_speculation(lookup, draft_max, draft_min, ngram)
     names = list(model or [])
     o.rpc_options(rpc, tensor_split, force_rpc)
     if not names:  # the default model, when it is pulled; otherwise start empty and load on demand
@@ -118,7 +124,7 @@ def serve(
 
     code = serve_forever(names=names, host=host, port=port, parallel=parallel, ctx_size=ctx_size, load=load,
                          api_key=api_key, max_queue=max_queue, keep_alive=keep, cors=list(cors_origin or []),
-                         verbose=verbose, shutdown_timeout=shutdown_timeout)
+                         verbose=verbose, shutdown_timeout=shutdown_timeout, speculation=speculation)
     raise typer.Exit(code)
 
 

@@ -7,13 +7,13 @@
     speculate.py prompt-lookup speculative decoding
 """
 
-from infer.engine.events import Done, Event, Failed, Text, Timings, Usage
+from infer.engine.events import Done, Event, Failed, Text, Timings, TokenLogprob, Usage
 from infer.engine.model import (
     KV_TYPES, Device, LoadOptions, Model, Vocab, devices, supports_gpu_offload, system_info,
 )
 from infer.engine.sampling import Sampling, StopMatcher, json_grammar
 from infer.engine.speculate import Speculation
 
-__all__ = ["Done", "Event", "Failed", "Text", "Timings", "Usage", "KV_TYPES", "Device", "LoadOptions", "Model", "Vocab", "devices",
-           "supports_gpu_offload", "system_info", "Sampling", "StopMatcher", "json_grammar",
+__all__ = ["Done", "Event", "Failed", "Text", "Timings", "TokenLogprob", "Usage", "KV_TYPES", "Device", "LoadOptions",
+           "Model", "Vocab", "devices", "supports_gpu_offload", "system_info", "Sampling", "StopMatcher", "json_grammar",
            "Speculation"]

@@ -6,8 +6,19 @@ from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
+class TokenLogprob:
+    """A generated token's log-probability: the log-softmax of the raw logits of the position that produced it
+    (before temperature, penalties or grammar, as vLLM reports), and the most likely tokens there."""
+
+    piece: bytes
+    logprob: float
+    top: tuple[tuple[bytes, float], ...] = ()  # (piece, logprob), most likely first
+
+
+@dataclass(frozen=True)
 class Text:
     text: str
+    logprobs: tuple[TokenLogprob, ...] = ()  # the tokens decoded since the last Text, when the request asked
 
 
 @dataclass(frozen=True)

@@ -490,6 +490,7 @@ def _new_context(model: Model, params, what: str, hint: str):
         raise InferError(f"llama.cpp could not create a {what}" + (f": {detail}" if detail else ""), hint=hint) from e
 
 
+LOGPROB_FLOOR = -9999.0  # the logprob of an impossible token (vLLM's value): JSON has no -inf
 _GREEDY = object()  # the sampler of a plain greedy request: an argmax, no llama.cpp sampler chain
 
 
@@ -565,8 +566,28 @@ class LlamaBackend:
             return int(self._np.ctypeslib.as_array(row, shape=(self._n_vocab,)).argmax())
         return self._lib.llama_sampler_sample(sampler, self.ctx, index)
 
+    def logprobs(self, index: int, token: int, top: int) -> tuple[float, list[tuple[int, float]]]:
+        """The log-softmax of the raw logits at `index` (no temperature or grammar): `token`'s value and the `top`
+        most likely tokens'. Computed only for a request that asks for logprobs."""
+        np = self._np
+        row = np.ctypeslib.as_array(self._lib.llama_get_logits_ith(self.ctx, index), shape=(self._n_vocab,))
+        row = row.astype(np.float64)
+        peak = row.max()
+        row -= peak + np.log(np.exp(row - peak).sum())
+        value = lambda t: max(float(row[t]), LOGPROB_FLOOR)  # noqa: E731 - finite: JSON has no -inf
+        best = []
+        if top > 0:
+            ids = np.argpartition(-row, top - 1)[:top] if top < len(row) else np.arange(len(row))
+            best = [(int(t), value(t)) for t in ids[np.argsort(-row[ids])]]
+        return value(token), best
+
     def forget(self, seq: int, start: int) -> None:
         self._lib.llama_memory_seq_rm(self._mem, seq, start, -1)
+
+    def copy(self, src: int, dst: int) -> None:
+        """dst's KV becomes src's. Across the streams of a non-unified cache llama.cpp copies whole streams only
+        (p0 = p1 = -1), and does it at the start of the next decode, before that batch writes any cell."""
+        self._lib.llama_memory_seq_cp(self._mem, src, dst, -1, -1)
 
     def new_sampler(self, sampling: Sampling):
         if sampling.temperature <= 0 and not sampling.grammar and sampling.repeat_penalty == 1.0:

@@ -8,7 +8,9 @@ sequence leaves its slot at once and the next waiting request takes it mid-fligh
 
 A slot keeps the KV of its last sequence after it finishes; a new request goes to the free slot
 whose cached tokens share the longest prefix with its prompt (as llama.cpp's server does), so a
-chat that resends its history only reads the new turn.
+chat that resends its history only reads the new turn. The n choices of one prompt are submitted as
+a group: they start together, the first reads the prompt, and the others get a copy of its KV and
+sample their first token from the same logits (one prefill, not n).
 
 The step is three phases, as in nano-vllm: `_schedule()` builds the batch, the backend decodes it,
 `_postprocess()` samples and emits. The decode loop runs in a thread of its own; callers get their
@@ -30,10 +32,10 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Iterator, Protocol
 
-from infer.engine.events import Done, Failed, Text, Timings, Usage
+from infer.engine.events import Done, Failed, Text, Timings, TokenLogprob, Usage
 from infer.engine.sampling import Sampling, StopMatcher
 from infer.engine.speculate import Drafter, Lookup, Speculation
-from infer.errors import ContextOverflow, InferError
+from infer.errors import ContextOverflow, InferError, UsageError
 
 PREFILL_CHUNK = 512  # prompt tokens a step may add while other sequences are generating
 MIN_PREFIX_REUSE = 1  # the in-memory slot cache reuses any common prefix (it costs nothing to keep)
@@ -49,7 +51,9 @@ class Backend(Protocol):
     def add(self, token: int, pos: int, seq: int, logits: bool) -> None: ...
     def decode(self) -> None: ...  # decodes the pending batch and empties it; raises InferError
     def sample(self, sampler: object, index: int) -> int: ...  # index: position in the decoded batch
+    def logprobs(self, index: int, token: int, top: int) -> tuple[float, list[tuple[int, float]]]: ...  # log-softmax
     def forget(self, seq: int, start: int) -> None: ...  # drop the slot's KV cells from `start` on
+    def copy(self, src: int, dst: int) -> None: ...  # the slot dst's KV becomes a copy of src's
     def new_sampler(self, sampling: Sampling) -> object: ...
     def free_sampler(self, sampler: object) -> None: ...
     def is_eog(self, token: int) -> bool: ...
@@ -62,6 +66,7 @@ class Request:
     sampling: Sampling
     id: str = ""
     speculation: Speculation | None = None
+    logprobs: int | None = None  # report each token's logprob and this many alternatives (None: computed never)
 
 
 class Handle:
@@ -73,6 +78,7 @@ class Handle:
         self.cancelled = threading.Event()
         self.finished = threading.Event()
         self.done: Done | None = None
+        self.group: list[Handle] | None = None  # the choices of one prompt, submitted together
         self._events: queue.SimpleQueue = queue.SimpleQueue()
         self._sink = sink
         self._wake = wake
@@ -131,6 +137,9 @@ class _Seq:
     t_read: float | None = None
     decoder: object = field(default_factory=lambda: codecs.getincrementaldecoder("utf-8")("replace"))
     stops: StopMatcher | None = None
+    leader: "_Seq | None" = field(default=None, repr=False, compare=False)  # reads the prompt for this one
+    followers: list["_Seq"] = field(default_factory=list, repr=False, compare=False)  # get a copy of its KV
+    logprobs: list[TokenLogprob] = field(default_factory=list)  # of tokens not yet sent with a Text
 
 
 class Scheduler:
@@ -173,17 +182,32 @@ class Scheduler:
 
     def submit(self, request: Request, sink: "queue.SimpleQueue | None" = None) -> Handle:
         """Queue a request; its events come through the returned handle (or `sink`, as (handle, event))."""
-        if not request.tokens:
+        return self.submit_group([request], sink)[0]
+
+    def submit_group(self, requests: list[Request], sink: "queue.SimpleQueue | None" = None) -> list[Handle]:
+        """Queue requests for one prompt (the n choices of an API request): they are admitted together when n slots
+        are free, and the prompt is read once for all of them."""
+        tokens = requests[0].tokens
+        if not tokens:
             raise InferError("an empty prompt cannot be evaluated")
-        self.check(len(request.tokens), request.sampling.max_tokens)
-        handle = Handle(request, sink, self._wake, self._forget_handle)
+        if any(r.tokens != tokens for r in requests):
+            raise InferError("the requests of a group share one prompt")
+        if len(requests) > self.n_seq:
+            raise UsageError(f"{len(requests)} sequences were asked for at once, but there are {self.n_seq}",
+                             hint="ask for fewer choices, or raise --parallel")
+        for r in requests:
+            self.check(len(tokens), r.sampling.max_tokens)
+        handles = [Handle(r, sink, self._wake, self._forget_handle) for r in requests]
+        for h in handles if len(handles) > 1 else ():
+            h.group = handles
         with self._cond:
             if self._closed:
                 raise InferError("the engine is shutting down")
-            self.waiting.append((handle, time.perf_counter()))
-            self._live.add(handle)
+            now = time.perf_counter()
+            self.waiting.extend((h, now) for h in handles)
+            self._live.update(handles)
             self._cond.notify()
-        return handle
+        return handles
 
     def cancel_all(self) -> None:
         """Cancel every queued and running request (safe from a signal handler in any thread)."""
@@ -262,8 +286,21 @@ class Scheduler:
                 free = [i for i in range(self.n_seq) if i not in self.active]
                 if not free or not self.waiting:
                     return
-                handle, t_submit = self.waiting.popleft()
-            self._start(handle, t_submit, self._pick_slot(free, handle.request.tokens))
+                group = self.waiting[0][0].group
+                n = 1 if group is None else sum(1 for _ in itertools.takewhile(lambda w: w[0].group is group,
+                                                                               self.waiting))
+                if n > len(free):  # a group starts together (and first in line: it is not overtaken)
+                    return
+                admitted = [self.waiting.popleft() for _ in range(n)]
+            leader = None
+            for handle, t_submit in admitted:
+                seq = self._start(handle, t_submit, self._pick_slot([i for i in free if i not in self.active],
+                                                                    handle.request.tokens))
+                if seq is not None and leader is None:
+                    leader = seq
+                elif seq is not None:
+                    seq.leader = leader
+                    leader.followers.append(seq)
 
     def _pick_slot(self, free: list[int], tokens: list[int]) -> int:
         """The free slot whose cached tokens share the longest prefix; else the least recently used."""
@@ -274,7 +311,7 @@ class Scheduler:
                 best, best_len = i, n
         return best if best is not None else min(free, key=lambda i: self.slot_used[i])
 
-    def _start(self, handle: Handle, t_submit: float, slot: int) -> None:
+    def _start(self, handle: Handle, t_submit: float, slot: int) -> _Seq | None:
         req, b = handle.request, self.backend
         cached = min(_common_prefix(self.slot_tokens[slot], req.tokens), len(req.tokens) - 1)
         b.forget(slot, cached)
@@ -283,7 +320,7 @@ class Scheduler:
             sampler = b.new_sampler(req.sampling)
         except InferError as e:
             handle._emit(Failed(e))
-            return
+            return None
         budget = min(req.sampling.max_tokens or self.n_ctx_seq, self.n_ctx_seq - len(req.tokens))
         seq = _Seq(handle=handle, slot=slot, prompt=req.tokens, budget=budget, sampler=sampler, cached=cached,
                    read=cached, t_submit=t_submit, t_admit=time.perf_counter(),
@@ -300,6 +337,7 @@ class Scheduler:
                 return
         self.slot_used[slot] = next(self._clock)
         self.active[slot] = seq
+        return seq
 
     def _schedule(self) -> list[_Seq]:
         """Fill the batch: every generating sequence's next token (and its draft, when it speculates), then
@@ -323,6 +361,10 @@ class Scheduler:
                 break
             if left <= 0 or seq in fed:
                 continue
+            if seq.leader is not None:
+                if self.active.get(seq.leader.slot) is seq.leader:
+                    continue  # its leader reads the prompt for both
+                seq.leader = None  # the leader left before it had read the prompt: read it alone
             take = min(left, room)
             self._feed(seq, seq.prompt[seq.read:seq.read + take], logits_from=take - 1 if take == left else take)
             seq.read += take
@@ -353,25 +395,47 @@ class Scheduler:
         for seq in fed:
             if seq.logits_at < 0:
                 continue  # a prompt chunk that is not the last: nothing to sample yet
-            if seq.t_read is None:
+            group = [seq]
+            if seq.t_read is None:  # its prompt is read
                 seq.t_read = now
-            draft, seq.draft = seq.draft, []
-            held = self.slot_tokens[seq.slot]
-            base = len(held) - len(draft)  # where the draft starts in the KV
-            accepted = 0
-            for j in range(len(draft) + 1):
-                token = self.backend.sample(seq.sampler, seq.logits_at + j)
-                if not self._take(seq, token):  # finished: what follows in the KV is not the answer
-                    self._trim(seq.slot, base + j)
-                    break
-                if j < len(draft) and token == draft[j]:
-                    accepted += 1  # the model produced the drafted token: it is in the KV already
-                    continue
-                seq.pending = token
+                group += self._share_prompt(seq, now)
+            for member in group:
+                self._sample(member)
+
+    def _share_prompt(self, leader: _Seq, now: float) -> list[_Seq]:
+        """The leader has read the prompt: each follower still waiting gets a copy of its KV and samples its first
+        token from the same logits."""
+        shared = []
+        for f in leader.followers:
+            if self.active.get(f.slot) is f and f.leader is leader:
+                self.backend.copy(leader.slot, f.slot)
+                self.slot_tokens[f.slot][:] = self.slot_tokens[leader.slot]
+                f.read = f.cached = len(f.prompt)
+                f.leader, f.logits_at, f.t_read = None, leader.logits_at, now
+                shared.append(f)
+        leader.followers = []
+        return shared
+
+    def _sample(self, seq: _Seq) -> None:
+        """The sequence's next token from the batch just decoded; with a draft, the longest prefix the model agrees
+        with is kept."""
+        draft, seq.draft = seq.draft, []
+        held = self.slot_tokens[seq.slot]
+        base = len(held) - len(draft)  # where the draft starts in the KV
+        accepted = 0
+        for j in range(len(draft) + 1):
+            token = self.backend.sample(seq.sampler, seq.logits_at + j)
+            if not self._take(seq, token, seq.logits_at + j):  # finished: what follows in the KV is not the answer
                 self._trim(seq.slot, base + j)
                 break
-            if seq.spec is not None and draft:
-                seq.spec.result(len(draft), accepted)
+            if j < len(draft) and token == draft[j]:
+                accepted += 1  # the model produced the drafted token: it is in the KV already
+                continue
+            seq.pending = token
+            self._trim(seq.slot, base + j)
+            break
+        if seq.spec is not None and draft:
+            seq.spec.result(len(draft), accepted)
 
     def _trim(self, slot: int, n: int) -> None:
         held = self.slot_tokens[slot]
@@ -379,11 +443,11 @@ class Scheduler:
             self.backend.forget(slot, n)
             del held[n:]
 
-    def _take(self, seq: _Seq, token: int) -> bool:
-        """One sampled token: emit its text, or finish the sequence (end of generation, stop string, budget).
-        True while the sequence goes on."""
-        b = self.backend
-        if b.is_eog(token) and not seq.handle.request.sampling.ignore_eos:
+    def _take(self, seq: _Seq, token: int, index: int) -> bool:
+        """One sampled token (from the logits at `index` of the batch): emit its text, or finish the sequence
+        (end of generation, stop string, budget). True while the sequence goes on."""
+        b, req = self.backend, seq.handle.request
+        if b.is_eog(token) and not req.sampling.ignore_eos:
             self._finish(seq, reason="stop")
             return False
         seq.n_gen += 1
@@ -391,11 +455,14 @@ class Scheduler:
             seq.t_first = time.perf_counter()
         if seq.spec is not None:
             seq.spec.extend([token])
-        piece = seq.decoder.decode(b.piece(token))
+        raw = b.piece(token)
+        if req.logprobs is not None:
+            seq.logprobs.append(self._logprob(index, token, raw, req.logprobs))
+        piece = seq.decoder.decode(raw)
         if piece:
             text, hit = seq.stops.feed(piece)
             if text:
-                seq.handle._emit(Text(text))
+                self._emit_text(seq, text)
             if hit:
                 self._finish(seq, reason="stop", flush=False)
                 return False
@@ -413,11 +480,23 @@ class Scheduler:
             self.slot_tokens[seq.slot].clear()
             seq.handle._emit(Failed(failed))
             return
-        if flush and reason != "cancelled":
-            tail = seq.stops.flush() + seq.decoder.decode(b"", final=True)
-            if tail:
-                seq.handle._emit(Text(tail))
+        if reason != "cancelled":
+            tail = seq.stops.flush() + seq.decoder.decode(b"", final=True) if flush else ""
+            if tail or seq.logprobs:
+                self._emit_text(seq, tail)
         seq.handle._emit(self._done(seq, reason, seq.handle.request, time.perf_counter()))
+
+    def _emit_text(self, seq: _Seq, text: str) -> None:
+        """Text, with the logprobs of the tokens behind it (those of a stop string come with the last Text)."""
+        if seq.logprobs:
+            seq.handle._emit(Text(text, tuple(seq.logprobs)))
+            seq.logprobs.clear()
+        else:
+            seq.handle._emit(Text(text))
+
+    def _logprob(self, index: int, token: int, piece: bytes, top: int) -> TokenLogprob:
+        logprob, alternatives = self.backend.logprobs(index, token, top)
+        return TokenLogprob(piece, logprob, tuple((self.backend.piece(t), lp) for t, lp in alternatives))
 
     def _done(self, seq: _Seq | None, reason: str, request: Request, t_end: float) -> Done:
         if seq is None:  # cancelled while waiting

@@ -22,7 +22,7 @@ from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from infer import __version__
-from infer.engine import Done, Failed, Text
+from infer.engine import Done, Failed, Speculation, Text
 from infer.errors import ContextOverflow, InferError, ModelNotFound, UsageError
 from infer.server import ollama, openai
 from infer.server.bridge import Job, QueueFull, Stream
@@ -41,6 +41,7 @@ class Config:
     cors_origins: list[str] = field(default_factory=list)
     verbose: bool = False
     preload: list[str] = field(default_factory=list)
+    speculation: Speculation | None = None  # for every request (`serve --lookup`)
     on_ready: Callable[[list[Loaded]], None] = lambda loaded: None
     on_fail: Callable[[BaseException], None] = lambda error: None
     log: Callable[[str], None] = lambda line: (sys.stderr.write(line + "\n"), sys.stderr.flush())
@@ -247,13 +248,14 @@ def create_app(manager: Manager, config: Config) -> FastAPI:
         except (InferError, ValueError) as e:
             raise api_error(e) from None
 
-    async def start(loaded: Loaded, tokens: list[int], samplings, num_ctx: int | None, rid: str) -> Stream:
+    async def start(loaded: Loaded, tokens: list[int], samplings, num_ctx: int | None, rid: str,
+                    logprobs: int | None = None) -> Stream:
         async with loaded.lock:
             try:
                 if num_ctx:
                     await manager.ensure_ctx(loaded, num_ctx)
-                return Stream(loaded.sched, [Job(tokens, s) for s in samplings], max_queue=config.max_queue,
-                              request_id=rid, metrics=metrics, model=loaded.name)
+                return Stream(loaded.sched, [Job(tokens, s, logprobs, config.speculation) for s in samplings],
+                              max_queue=config.max_queue, request_id=rid, metrics=metrics, model=loaded.name)
             except (InferError, QueueFull) as e:
                 raise api_error(e) from None
 
@@ -294,6 +296,8 @@ def create_app(manager: Manager, config: Config) -> FastAPI:
         completion = sum(d.usage.completion_tokens for d in dones)
         request.state.tokens = (prompt, completion)
         metrics.prompt_tokens.labels(loaded.name).inc(prompt)
+        evaluated = sum(d.usage.prompt_tokens - d.usage.cached_tokens for d in dones)
+        metrics.prefill_tokens.labels(loaded.name).inc(evaluated)
         metrics.completion_tokens.labels(loaded.name).inc(completion)
         loaded.last_used = time.monotonic()
 
@@ -304,14 +308,16 @@ def create_app(manager: Manager, config: Config) -> FastAPI:
             account(request, loaded, dones)
         loaded.last_used = time.monotonic()
 
-    async def collect(request: Request, loaded: Loaded, stream: Stream) -> tuple[list[str], list[Done]]:
+    async def collect(request: Request, loaded: Loaded, stream: Stream) -> tuple[list[str], list[Done], list[list]]:
+        """Each choice's text, Done and token logprobs (empty unless asked for)."""
         n = len(stream.handles)
-        texts, dones = [[] for _ in range(n)], [None] * n
+        texts, dones, logprobs = [[] for _ in range(n)], [None] * n, [[] for _ in range(n)]
         watcher = asyncio.create_task(_watch_disconnect(request, stream))
         try:
             async for i, event in stream.events():
                 if isinstance(event, Text):
                     texts[i].append(event.text)
+                    logprobs[i].extend(event.logprobs)
                 elif isinstance(event, Done):
                     dones[i] = event
                 elif isinstance(event, Failed):
@@ -320,7 +326,7 @@ def create_app(manager: Manager, config: Config) -> FastAPI:
             watcher.cancel()
             loaded.last_used = time.monotonic()
         account(request, loaded, dones)
-        return ["".join(t) for t in texts], dones
+        return ["".join(t) for t in texts], dones, logprobs
 
     # -- OpenAI -----------------------------------------------------------------------------------
     async def openai_generate(request: Request, body, *, chat: bool):
@@ -335,18 +341,21 @@ def create_app(manager: Manager, config: Config) -> FastAPI:
         if body.n > loaded.sched.n_seq:
             raise ApiError(400, f"n={body.n} is more than this server's {loaded.sched.n_seq} sequences (--parallel)",
                            "invalid_request_error", param="n")
+        top = _or_400(body.logprobs_top, "top_logprobs")
         base = openai.sampling(body, base_sampling(loaded), body.limit(), await grammar(json_mode, schema))
         num_ctx = _num_ctx(body.options)
         rid = openai.new_id("chatcmpl" if chat else "cmpl")
-        stream = await start(loaded, tokens, openai.seeds(base, body.n), num_ctx, rid)
+        stream = await start(loaded, tokens, openai.seeds(base, body.n), num_ctx, rid, top)
+        shapes = [openai.Logprobs(chat) for _ in range(body.n)] if top is not None else None
         if not body.stream:
-            texts, dones = await collect(request, loaded, stream)
+            texts, dones, logprobs = await collect(request, loaded, stream)
             make = openai.chat_response if chat else openai.completion_response
-            return JSONResponse(make(rid, name, texts, dones))
-        return StreamingResponse(openai_sse(request, loaded, stream, rid, name, chat, body.include_usage()),
+            shaped = [f(lp) for f, lp in zip(shapes, logprobs)] if shapes else None
+            return JSONResponse(make(rid, name, texts, dones, shaped))
+        return StreamingResponse(openai_sse(request, loaded, stream, rid, name, chat, body.include_usage(), shapes),
                                  media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
-    async def openai_sse(request, loaded, stream, rid, name, chat, include_usage):
+    async def openai_sse(request, loaded, stream, rid, name, chat, include_usage, shapes):
         created = int(time.time())
         dones: list[Done] = []
         try:
@@ -355,8 +364,9 @@ def create_app(manager: Manager, config: Config) -> FastAPI:
                     yield openai.sse(openai.chat_chunk(rid, name, created, i, {"role": "assistant", "content": ""}))
             async for i, event in stream.events():
                 if isinstance(event, Text):
-                    yield openai.sse(openai.chat_chunk(rid, name, created, i, {"content": event.text}) if chat
-                                     else openai.completion_chunk(rid, name, created, i, event.text))
+                    lp = shapes[i](event.logprobs) if shapes else None
+                    yield openai.sse(openai.chat_chunk(rid, name, created, i, {"content": event.text}, None, lp) if chat
+                                     else openai.completion_chunk(rid, name, created, i, event.text, None, lp))
                 elif isinstance(event, Done):
                     dones.append(event)
                     reason = openai.finish(event.finish_reason)
@@ -429,7 +439,7 @@ def create_app(manager: Manager, config: Config) -> FastAPI:
         stream = await start(loaded, tokens, [sampling], num_ctx, openai.new_id("ollama"))
         line = ollama.chat_line if chat else ollama.generate_line
         if not body.stream:
-            texts, dones = await collect(request, loaded, stream)
+            texts, dones, _ = await collect(request, loaded, stream)
             return JSONResponse(line(body.model, texts[0], dones[0], total_s=time.perf_counter() - t0, load_s=load_s))
         return StreamingResponse(ollama_ndjson(request, loaded, stream, body.model, line, t0, load_s),
                                  media_type="application/x-ndjson")

@@ -8,7 +8,7 @@ import time
 from dataclasses import dataclass
 from typing import AsyncIterator
 
-from infer.engine import Done, Failed, Sampling, Text
+from infer.engine import Done, Failed, Sampling, Speculation, Text
 from infer.engine.scheduler import Request
 
 
@@ -34,10 +34,13 @@ class _Sink:
 class Job:
     tokens: list[int]
     sampling: Sampling
+    logprobs: int | None = None  # alternatives per token to report (None: no logprobs)
+    speculation: Speculation | None = None
 
 
 class Stream:
-    """One API request: `n` engine requests (choices) submitted together; iterate (index, event)."""
+    """One API request: `n` engine requests (choices of one prompt) submitted as a group, so the prompt is read
+    once; iterate (index, event)."""
 
     def __init__(self, sched, jobs: list[Job], *, max_queue: int, request_id: str = "", metrics=None, model=""):
         self.sched = sched
@@ -48,13 +51,9 @@ class Stream:
             raise QueueFull(f"{stats['waiting']} requests are already waiting (--max-queue {max_queue})")
         self.q: asyncio.Queue = asyncio.Queue()
         sink = _Sink(asyncio.get_running_loop(), self.q, metrics)
-        self.handles = []
-        try:
-            for i, job in enumerate(jobs):
-                self.handles.append(sched.submit(Request(job.tokens, job.sampling, f"{request_id}-{i}"), sink=sink))
-        except BaseException:
-            self.cancel()
-            raise
+        self.handles = sched.submit_group([Request(job.tokens, job.sampling, f"{request_id}-{i}",
+                                                   speculation=job.speculation, logprobs=job.logprobs)
+                                           for i, job in enumerate(jobs)], sink=sink)
         self.index = {h: i for i, h in enumerate(self.handles)}
         self.t0 = time.perf_counter()
 

@@ -16,6 +16,8 @@ class Metrics:
         r = self.registry = CollectorRegistry()
         self.requests = Counter("infer_requests", "HTTP requests by endpoint and status.", ["endpoint", "status"], registry=r)
         self.prompt_tokens = Counter("infer_prompt_tokens", "Prompt tokens read.", ["model"], registry=r)
+        self.prefill_tokens = Counter("infer_prefill_tokens", "Prompt tokens the model evaluated: a prompt less its "
+                                      "cached prefix; the n choices of one prompt read it once.", ["model"], registry=r)
         self.completion_tokens = Counter("infer_completion_tokens", "Tokens generated.", ["model"], registry=r)
         self.ttft = Histogram("infer_time_to_first_token_seconds", "From submission to the first text.", ["model"],
                               buckets=LATENCY_BUCKETS, registry=r)

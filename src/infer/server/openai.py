@@ -3,6 +3,7 @@ Pure translation: no I/O, no engine calls beyond building Sampling values."""
 
 from __future__ import annotations
 
+import codecs
 import json
 import time
 import uuid
@@ -11,7 +12,7 @@ from typing import Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from infer.engine import Done, Sampling
+from infer.engine import Done, Sampling, TokenLogprob
 
 MAX_TOKENS_LIMIT = 1 << 20  # beyond any context: an absurd value is malformed, not a long answer
 MAX_N = 128
@@ -89,6 +90,14 @@ class ChatRequest(_Sampled):
     def limit(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
 
+    def logprobs_top(self) -> int | None:
+        """Alternatives to report per token when logprobs are asked for; None when they are not."""
+        if not self.logprobs:
+            if self.top_logprobs:
+                raise ValueError("top_logprobs: needs logprobs: true")
+            return None
+        return self.top_logprobs or 0
+
     def chat_messages(self) -> list[dict]:
         out = []
         for m in self.messages:
@@ -104,7 +113,10 @@ class CompletionRequest(_Sampled):
     suffix: Optional[str] = None
 
     def limit(self) -> int | None:
-        return self.max_tokens if self.max_tokens is not None else 16  # OpenAI's default for completions
+        return self.max_tokens  # None: until the model stops or the context is full, as llama-server (not OpenAI's 16)
+
+    def logprobs_top(self) -> int | None:
+        return self.logprobs
 
     def prompt_text(self) -> str:
         if isinstance(self.prompt, list):
@@ -160,39 +172,78 @@ def finish(reason: str) -> str:
 
 
 def usage(dones: list[Done]) -> dict:
+    """OpenAI's usage; drafts of `serve --lookup` the model kept or not are OpenAI's predicted-output counts."""
     prompt = dones[0].usage.prompt_tokens if dones else 0
     completion = sum(d.usage.completion_tokens for d in dones)
     cached = dones[0].usage.cached_tokens if dones else 0
+    accepted = sum(d.usage.accepted for d in dones)
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
-            "prompt_tokens_details": {"cached_tokens": cached}}
+            "prompt_tokens_details": {"cached_tokens": cached},
+            "completion_tokens_details": {"accepted_prediction_tokens": accepted,
+                                          "rejected_prediction_tokens": sum(d.usage.drafted for d in dones) - accepted}}
 
 
-def chat_response(rid: str, model: str, texts: list[str], dones: list[Done]) -> dict:
+class Logprobs:
+    """One choice's token logprobs in the route's shape: chat's `{"content": [...]}`, or the legacy completions
+    object, whose `top_logprobs` always hold the sampled token (up to N+1 entries, as OpenAI's) and whose
+    `text_offset` counts characters from the start of the answer, across the chunks of a stream."""
+
+    def __init__(self, chat: bool):
+        self.chat = chat
+        self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        self._at = 0
+
+    def __call__(self, entries: list[TokenLogprob] | tuple[TokenLogprob, ...]) -> dict:
+        if self.chat:
+            return {"content": [{**_token(e.piece, e.logprob), "top_logprobs": [_token(p, lp) for p, lp in e.top]}
+                                for e in entries], "refusal": None}
+        out: dict = {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
+        for e in entries:
+            token = e.piece.decode("utf-8", "replace")
+            out["tokens"].append(token)
+            out["token_logprobs"].append(e.logprob)
+            out["top_logprobs"].append({**{p.decode("utf-8", "replace"): lp for p, lp in e.top}, token: e.logprob})
+            out["text_offset"].append(self._at)
+            self._at += len(self._decoder.decode(e.piece))
+        return out
+
+
+def _token(piece: bytes, logprob: float) -> dict:
+    return {"token": piece.decode("utf-8", "replace"), "logprob": logprob, "bytes": list(piece)}
+
+
+def chat_response(rid: str, model: str, texts: list[str], dones: list[Done], logprobs: list | None = None) -> dict:
+    logprobs = logprobs or [None] * len(texts)
     return {
         "id": rid, "object": "chat.completion", "created": int(time.time()), "model": model,
-        "choices": [{"index": i, "message": {"role": "assistant", "content": t}, "logprobs": None,
-                     "finish_reason": finish(d.finish_reason)} for i, (t, d) in enumerate(zip(texts, dones))],
+        "choices": [{"index": i, "message": {"role": "assistant", "content": t}, "logprobs": lp,
+                     "finish_reason": finish(d.finish_reason)}
+                    for i, (t, d, lp) in enumerate(zip(texts, dones, logprobs))],
         "usage": usage(dones), "system_fingerprint": None,
     }
 
 
-def completion_response(rid: str, model: str, texts: list[str], dones: list[Done]) -> dict:
+def completion_response(rid: str, model: str, texts: list[str], dones: list[Done],
+                        logprobs: list | None = None) -> dict:
+    logprobs = logprobs or [None] * len(texts)
     return {
         "id": rid, "object": "text_completion", "created": int(time.time()), "model": model,
-        "choices": [{"index": i, "text": t, "logprobs": None, "finish_reason": finish(d.finish_reason)}
-                    for i, (t, d) in enumerate(zip(texts, dones))],
+        "choices": [{"index": i, "text": t, "logprobs": lp, "finish_reason": finish(d.finish_reason)}
+                    for i, (t, d, lp) in enumerate(zip(texts, dones, logprobs))],
         "usage": usage(dones), "system_fingerprint": None,
     }
 
 
-def chat_chunk(rid: str, model: str, created: int, index: int, delta: dict, finish_reason: str | None = None) -> dict:
+def chat_chunk(rid: str, model: str, created: int, index: int, delta: dict, finish_reason: str | None = None,
+               logprobs: dict | None = None) -> dict:
     return {"id": rid, "object": "chat.completion.chunk", "created": created, "model": model, "system_fingerprint": None,
-            "choices": [{"index": index, "delta": delta, "logprobs": None, "finish_reason": finish_reason}]}
+            "choices": [{"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}]}
 
 
-def completion_chunk(rid: str, model: str, created: int, index: int, text: str, finish_reason: str | None = None) -> dict:
+def completion_chunk(rid: str, model: str, created: int, index: int, text: str, finish_reason: str | None = None,
+                     logprobs: dict | None = None) -> dict:
     return {"id": rid, "object": "text_completion", "created": created, "model": model, "system_fingerprint": None,
-            "choices": [{"index": index, "text": text, "logprobs": None, "finish_reason": finish_reason}]}
+            "choices": [{"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish_reason}]}
 
 
 def usage_chunk(rid: str, model: str, created: int, obj: str, dones: list[Done]) -> dict:

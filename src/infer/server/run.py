@@ -58,7 +58,7 @@ class _Server(uvicorn.Server):
 
 
 def serve_forever(*, names, host, port, parallel, ctx_size, load, api_key, max_queue, keep_alive, cors, verbose,
-                  shutdown_timeout) -> int:
+                  shutdown_timeout, speculation=None) -> int:
     family = socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -90,6 +90,7 @@ def serve_forever(*, names, host, port, parallel, ctx_size, load, api_key, max_q
         server.should_exit = True
 
     config = Config(api_key=api_key, max_queue=max_queue, cors_origins=cors, verbose=verbose, preload=names,
+                    speculation=speculation,
                     on_ready=ready, on_fail=failed)
     app = create_app(manager, config)
     uv = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on", log_config=None,
