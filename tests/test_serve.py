@@ -529,6 +529,25 @@ def test_lookup_server_gives_the_plain_server_s_text_and_reports_its_drafts(serv
     assert plain.usage.completion_tokens_details.rejected_prediction_tokens == 0
 
 
+@pytest.fixture(scope="module")
+def draft_server(smollm2, tmp_path_factory):
+    s = Server(private_env(smollm2, tmp_path_factory.mktemp("draft")), "-m", "smollm2", "--parallel", "1",
+               "-c", str(CTX), "--draft", str(smollm2.path))
+    yield s
+    s.stop()
+
+
+def test_draft_model_server_gives_the_plain_server_s_text(server, draft_server):
+    # The model drafting for itself at temperature 0: its proposals are its own greedy choices, so some are kept.
+    body = {"model": "smollm2", "messages": [{"role": "user", "content": "Count from one to twenty in words."}],
+            "max_tokens": 40, "temperature": 0}
+    plain, fast = (client(s).chat.completions.create(**body) for s in (server, draft_server))
+    assert fast.choices[0].message.content == plain.choices[0].message.content
+    assert fast.usage.completion_tokens == plain.usage.completion_tokens
+    if plain.usage.completion_tokens > 8:
+        assert fast.usage.completion_tokens_details.accepted_prediction_tokens > 0
+
+
 @pytest.mark.parametrize("args", [["--lookup", "--draft-max", "0"], ["--draft-max", "4"], ["--lookup", "--ngram", "9"]])
 def test_serve_refuses_bad_speculation_values(infer, args):
     proc = infer("serve", "--port", "0", *args, timeout=60)

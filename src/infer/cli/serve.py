@@ -83,6 +83,7 @@ def serve(
     tensor_split: o.TensorSplit = None,
     force_rpc: o.ForceRpc = False,
     lookup: o.Lookup = False,
+    draft: o.Draft = None,
     draft_max: o.DraftMax = None,
     draft_min: o.DraftMin = None,
     ngram: o.Ngram = None,
@@ -104,7 +105,7 @@ def serve(
     from infer.server.models import parse_duration
 
     keep = parse_duration(keep_alive)
-    speculation = o.build_speculation(lookup, draft_max, draft_min, ngram)
+    speculation = o.build_speculation(lookup, draft_max, draft_min, ngram, draft)
     names = list(model or [])
     o.rpc_options(rpc, tensor_split, force_rpc)
     if not names:  # the default model, when it is pulled; otherwise start empty and load on demand

@@ -22,7 +22,7 @@ from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from infer import __version__
-from infer.engine import Done, Failed, Speculation, Text
+from infer.engine import Done, Failed, Text
 from infer.errors import ContextOverflow, InferError, ModelNotFound, UsageError
 from infer.server import ollama, openai
 from infer.server.bridge import Job, QueueFull, Stream
@@ -41,7 +41,6 @@ class Config:
     cors_origins: list[str] = field(default_factory=list)
     verbose: bool = False
     preload: list[str] = field(default_factory=list)
-    speculation: Speculation | None = None  # for every request (`serve --lookup`)
     on_ready: Callable[[list[Loaded]], None] = lambda loaded: None
     on_fail: Callable[[BaseException], None] = lambda error: None
     log: Callable[[str], None] = lambda line: (sys.stderr.write(line + "\n"), sys.stderr.flush())
@@ -254,7 +253,7 @@ def create_app(manager: Manager, config: Config) -> FastAPI:
             try:
                 if num_ctx:
                     await manager.ensure_ctx(loaded, num_ctx)
-                return Stream(loaded.sched, [Job(tokens, s, logprobs, config.speculation) for s in samplings],
+                return Stream(loaded.sched, [Job(tokens, s, logprobs, loaded.speculation) for s in samplings],
                               max_queue=config.max_queue, request_id=rid, metrics=metrics, model=loaded.name)
             except (InferError, QueueFull) as e:
                 raise api_error(e) from None

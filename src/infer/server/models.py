@@ -9,6 +9,7 @@ import math
 import re
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from infer.errors import ContextOverflow, ModelNotFound, UsageError
 
@@ -56,6 +57,7 @@ class Loaded:
     keep_alive: float
     pinned: bool = False  # named with -m: loaded at start
     defaults: dict = field(default_factory=dict)  # the catalog's per-model sampling defaults
+    speculation: object = None  # engine.Speculation for every request to this model (`serve --lookup/--draft`)
     last_used: float = field(default_factory=time.monotonic)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # held while submitting or resizing
 
@@ -72,8 +74,9 @@ class Manager:
     """Loaded models by name. All methods run on the event loop; loading happens in a worker thread."""
 
     def __init__(self, load_options, *, parallel: int, ctx_size: int | None, keep_alive: float,
-                 notice=lambda message: None, memory_limit: int | None = None):
+                 notice=lambda message: None, memory_limit: int | None = None, speculation=None):
         self.load_options = load_options
+        self.speculation = speculation
         self.parallel = parallel
         self.ctx_size = ctx_size
         self.keep_alive = keep_alive
@@ -123,17 +126,25 @@ class Manager:
 
         def load():
             model = complete.load(resolved, options, self.notice)
+            spec = self.speculation
             try:
+                if spec is not None and spec.draft:
+                    try:
+                        model.attach_draft(Path(spec.draft), self.notice)
+                    except UsageError as e:  # a model of another family: served without the draft model
+                        self.notice(f"{e.message}: {key} is served without speculative decoding")
+                        spec = None
                 sched = model.scheduler(n_seq=self.parallel, n_ctx_seq=ctx)
             except BaseException:
                 model.close()
                 raise
-            return model, sched
+            return model, sched, spec
 
-        model, sched = await asyncio.to_thread(load)
+        model, sched, spec = await asyncio.to_thread(load)
         loaded = Loaded(name=key, model=model, sched=sched, path=str(resolved.path),
                         size=complete.model_files_size(resolved.path), estimate=estimate, kv_bytes=kv,
-                        keep_alive=FOREVER if pinned else self.keep_alive, pinned=pinned, defaults=resolved.defaults)
+                        keep_alive=FOREVER if pinned else self.keep_alive, pinned=pinned, defaults=resolved.defaults,
+                        speculation=spec)
         self.loaded[key] = loaded
         return loaded
 

@@ -75,7 +75,7 @@ def serve_forever(*, names, host, port, parallel, ctx_size, load, api_key, max_q
     bound = sock.getsockname()[1]
     shown = f"[{host}]" if family == socket.AF_INET6 else host
     manager = Manager(load, parallel=parallel, ctx_size=ctx_size, keep_alive=keep_alive,
-                      notice=lambda m: _say(f"infer: {m}"))
+                      notice=lambda m: _say(f"infer: {m}"), speculation=speculation)
     manager.default = names[0] if names else None
 
     def ready(loaded) -> None:
@@ -90,7 +90,6 @@ def serve_forever(*, names, host, port, parallel, ctx_size, load, api_key, max_q
         server.should_exit = True
 
     config = Config(api_key=api_key, max_queue=max_queue, cors_origins=cors, verbose=verbose, preload=names,
-                    speculation=speculation,
                     on_ready=ready, on_fail=failed)
     app = create_app(manager, config)
     uv = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on", log_config=None,
