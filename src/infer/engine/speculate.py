@@ -69,11 +69,18 @@ class Proposer:
 
 
 class Lookup(Proposer):
-    """The n-gram index of one sequence's tokens."""
+    """The n-gram index of one sequence's tokens, and the place the text is being copied from.
+
+    A rewrite copies long spans of its input: once a proposal from position p was kept, the next one continues
+    from where that copy left off (as long as the text still follows it) instead of searching again, since the
+    latest occurrence of a short n-gram is often in a similar line elsewhere. The search tries the longest
+    n-grams first (up to ngram + 3 tokens), for the same reason."""
 
     def __init__(self, tokens: list[int], spec: Speculation):
-        self.sizes = range(spec.ngram + 1, spec.ngram - 1, -1)
+        self.sizes = range(spec.ngram + 3, spec.ngram - 1, -1)
         self.index: dict[int, dict[tuple, int]] = {n: {} for n in self.sizes}
+        self.source: int | None = None  # where the last proposal was copied from
+        self.cursor: int | None = None  # where the copy goes on, if the text keeps following it
         super().__init__(tokens, spec)
 
     def extend(self, tokens: list[int]) -> None:
@@ -88,15 +95,29 @@ class Lookup(Proposer):
         if self.paused > 0:
             self.paused -= 1
             return []
+        c, tokens = self.cursor, self.tokens
+        if c is not None and 0 < c < len(tokens) - 1 and tokens[c - 1] == tokens[-1]:
+            draft = tokens[c:c + self.n_draft]
+            if len(draft) >= self.spec.draft_min:
+                self.source = c
+                return draft
         for n in self.sizes:
-            if len(self.tokens) < n:
+            if len(tokens) < n:
                 continue
-            at = self.index[n].get(tuple(self.tokens[-n:]))
-            if at is not None and at < len(self.tokens):
-                draft = self.tokens[at:at + self.n_draft]
+            at = self.index[n].get(tuple(tokens[-n:]))
+            if at is not None and at < len(tokens):
+                draft = tokens[at:at + self.n_draft]
                 if len(draft) >= self.spec.draft_min:
+                    self.source = at
                     return draft
+        self.source = None
         return []
+
+    def result(self, drafted: int, accepted: int) -> None:
+        super().result(drafted, accepted)
+        # the kept tokens came from source..source+accepted-1; the token after them continues the copy if it
+        # equals the source's next one (checked at the next proposal)
+        self.cursor = self.source + accepted + 1 if self.source is not None else None
 
 
 class Drafter(Proposer):
