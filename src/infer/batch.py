@@ -32,9 +32,12 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Callable, Iterator
+from typing import IO, TYPE_CHECKING, Callable, Iterator
 
 from infer.errors import ContextOverflow, InferError, NoSpace, UsageError
+
+if TYPE_CHECKING:
+    from infer.engine.speculate import Speculation
 
 URLS = {"/v1/chat/completions": "chat", "/v1/completions": "completion"}
 SIDECAR_SUFFIX = ".infer.json"
@@ -557,12 +560,17 @@ def _hex() -> str:
     return uuid.uuid4().hex
 
 
-def result_line(job: Job, text: str, done, model: str, created: int | None = None) -> dict:
-    """A successful line: the OpenAI Batch output form with a chat.completion or text_completion body."""
+def result_line(job: Job, text: str, done, model: str, created: int | None = None, *, drafts: bool = False) -> dict:
+    """A successful line: the OpenAI Batch output form with a chat.completion or text_completion body. With
+    `drafts` (speculation on), the usage says how many drafted tokens the model kept, in OpenAI's words for
+    predicted outputs."""
     u = done.usage
     created = int(time.time()) if created is None else created
     usage = {"prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens,
              "total_tokens": u.prompt_tokens + u.completion_tokens}
+    if drafts:
+        usage["completion_tokens_details"] = {"accepted_prediction_tokens": u.accepted,
+                                              "rejected_prediction_tokens": u.drafted - u.accepted}
     reason = done.finish_reason
     if job.kind == "chat":
         body = {"id": f"chatcmpl-{_hex()}", "object": "chat.completion", "created": created, "model": model,
@@ -597,6 +605,8 @@ class Summary:
     failed: int = 0
     prompt_tokens: int = 0  # this run
     completion_tokens: int = 0
+    drafted_tokens: int = 0  # this run, by prompt-lookup speculation (--lookup)
+    accepted_tokens: int = 0  # of which the model kept
     wall_s: float = 0.0
     interrupted: bool = False
 
@@ -611,7 +621,8 @@ class Summary:
     def as_dict(self) -> dict:
         return {"requests": self.requests, "ok": self.ok, "failed": self.failed, "done_before": self.done_before,
                 "interrupted": self.interrupted, "prompt_tokens": self.prompt_tokens,
-                "completion_tokens": self.completion_tokens, "wall_s": round(self.wall_s, 3),
+                "completion_tokens": self.completion_tokens, "drafted_tokens": self.drafted_tokens,
+                "accepted_tokens": self.accepted_tokens, "wall_s": round(self.wall_s, 3),
                 "tokens_per_s": round(self.tokens_per_s, 2)}
 
 
@@ -623,6 +634,7 @@ class Settings:
     max_tokens: int | None = None  # for lines that give none
     defaults: dict = field(default_factory=dict)  # the model's sampling defaults (catalog)
     model_name: str = ""
+    speculation: Speculation | None = None  # prompt-lookup speculation for every line (--lookup)
 
 
 class _Prompts:
@@ -657,7 +669,8 @@ class _Prompts:
                 raise _Bad(f"token id {max(tokens)} is outside the model's vocabulary ({n_vocab} tokens)")
         else:
             tokens = self.model.tokenize(job.prompt)
-        return Request(tokens=tokens, sampling=Sampling(**merged), id=job.custom_id)
+        return Request(tokens=tokens, sampling=Sampling(**merged), id=job.custom_id,
+                       speculation=self.settings.speculation)
 
     def n_vocab(self) -> int | None:
         if not hasattr(self, "_n_vocab"):
@@ -783,8 +796,11 @@ def _on_event(handle, event, flights: dict, writer: Writer, summary: Summary, se
         message = getattr(err, "message", None) or str(err)
         fail(job.line, job.custom_id, error_code(err), message)
     elif isinstance(event, Done) and event.finish_reason != "cancelled":
-        writer.add(result_line(job, "".join(flight.chunks), event, settings.model_name))
+        writer.add(result_line(job, "".join(flight.chunks), event, settings.model_name,
+                               drafts=settings.speculation is not None))
         summary.ok += 1
         summary.prompt_tokens += event.usage.prompt_tokens
         summary.completion_tokens += event.usage.completion_tokens
+        summary.drafted_tokens += event.usage.drafted
+        summary.accepted_tokens += event.usage.accepted
     return True

@@ -56,6 +56,10 @@ def batch(
     rpc: o.Rpc = None,
     tensor_split: o.TensorSplit = None,
     force_rpc: o.ForceRpc = False,
+    lookup: o.Lookup = False,
+    draft_max: o.DraftMax = None,
+    draft_min: o.DraftMin = None,
+    ngram: o.Ngram = None,
     force: Annotated[bool, typer.Option(
         "--force", help="Overwrite an output file that holds results of another input or model.")] = False,
     json_out: Annotated[bool, typer.Option(
@@ -72,6 +76,7 @@ def batch(
     from infer.errors import PartialFailure
 
     o.rpc_options(rpc, tensor_split, force_rpc)
+    speculation = o.build_speculation(lookup, draft_max, draft_min, ngram)
     to_stdout = output == "-" or (output is None and input_path == "-")
     if to_stdout and json_out:
         raise UsageError("--json prints the summary on stdout, where the results would go", hint="give -o FILE")
@@ -104,7 +109,8 @@ def batch(
                     if not ctx_size and loaded.n_ctx_train > 0:
                         per_seq = min(per_seq, loaded.n_ctx_train)
                     settings = core.Settings(parallel=parallel, ctx_size=per_seq, seed=seed, max_tokens=max_tokens,
-                                             defaults=resolved.defaults, model_name=resolved.name)
+                                             defaults=resolved.defaults, model_name=resolved.name,
+                                             speculation=speculation)
                     if verbose:
                         console.info(f"model: {resolved.name} on {loaded.where}; {parallel} sequences of {per_seq} tokens")
                     with _progress(scan.requests, existing.done, quiet=json_out) as progress:
@@ -135,6 +141,8 @@ def _summary_line(s, where: str) -> str:
     if s.done_before:
         parts.append(f"{s.done_before} from an earlier run")
     parts.append(f"{s.completion_tokens} tokens in {s.wall_s:.1f} s ({s.tokens_per_s:.1f} tok/s)")
+    if s.drafted_tokens:
+        parts.append(f"lookup kept {s.accepted_tokens}/{s.drafted_tokens} drafted tokens")
     line = " · ".join(parts) + f" -> {where}"
     return line + ("; rerun the same command to finish" if s.interrupted else "")
 
