@@ -569,6 +569,23 @@ def test_progress_bar_on_a_terminal(infer, smollm2, tmp_path):
     assert "batch done: 6/6 lines" in screen
 
 
+def test_an_output_of_a_server_run_is_refused_for_a_local_one_and_back(tmp_path):
+    out = tmp_path / "out.jsonl"
+    local = {"format": 1, "input_sha256": "aa", "model": {"name": "m", "file": "m.gguf", "size": 1}}
+    far = {**local, "model": {"host": "http://127.0.0.1:8080", "name": "m"}}
+    core.open_output(out, far)
+    out.write_text('{"custom_id": "a", "error": null}\n')
+    with pytest.raises(UsageError, match="a run on the server at http://127.0.0.1:8080"):
+        core.open_output(out, local)
+    with pytest.raises(UsageError, match="another model|a run on the server"):
+        core.open_output(out, {**far, "model": {"host": "http://10.0.0.1:80", "name": "m"}})
+    assert core.open_output(out, far).ok == {"a"}
+    core.open_output(out, local, force=True)
+    out.write_text('{"custom_id": "a", "error": null}\n')
+    with pytest.raises(UsageError, match="a local run"):
+        core.open_output(out, far)
+
+
 # -- prompt-lookup speculation (--lookup) -------------------------------------------------------
 @model
 def test_lookup_gives_the_same_answers_and_counts_its_drafts(infer, smollm2, tmp_path):
