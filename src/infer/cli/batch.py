@@ -179,6 +179,7 @@ def _remote(server, src: Path, out: Path | None, scan, *, model, quant, parallel
     try:
         if existing.done >= scan.requests:
             return name, _nothing_left(scan, existing)
+        parallel = min(parallel, scan.requests - existing.done)
         if verbose:
             console.info(f"model: {name} on the server at {server.endpoint}; {parallel} requests in flight")
         defaults = batch_remote.Defaults(model=name, seed=seed, max_tokens=max_tokens)
