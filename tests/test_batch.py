@@ -567,3 +567,60 @@ def test_progress_bar_on_a_terminal(infer, smollm2, tmp_path):
     screen = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", child.before)
     assert re.search(r"batch .*\d/6 [\d.]+ tok/s", screen)  # the bar: lines done/total, the aggregate speed
     assert "batch done: 6/6 lines" in screen
+
+
+def test_an_output_of_a_server_run_is_refused_for_a_local_one_and_back(tmp_path):
+    out = tmp_path / "out.jsonl"
+    local = {"format": 1, "input_sha256": "aa", "model": {"name": "m", "file": "m.gguf", "size": 1}}
+    far = {**local, "model": {"host": "http://127.0.0.1:8080", "name": "m"}}
+    core.open_output(out, far)
+    out.write_text('{"custom_id": "a", "error": null}\n')
+    with pytest.raises(UsageError, match="a run on the server at http://127.0.0.1:8080"):
+        core.open_output(out, local)
+    with pytest.raises(UsageError, match="another model|a run on the server"):
+        core.open_output(out, {**far, "model": {"host": "http://10.0.0.1:80", "name": "m"}})
+    assert core.open_output(out, far).ok == {"a"}
+    core.open_output(out, local, force=True)
+    out.write_text('{"custom_id": "a", "error": null}\n')
+    with pytest.raises(UsageError, match="a local run"):
+        core.open_output(out, far)
+
+
+# -- prompt-lookup speculation (--lookup) -------------------------------------------------------
+@model
+def test_lookup_gives_the_same_answers_and_counts_its_drafts(infer, smollm2, tmp_path):
+    # The first line's const schema makes its answer a copy of its prompt whatever the model would say, so
+    # drafts are certain to be proposed and kept (as in test_speculate.py).
+    text = " ".join(f"item number {i}" for i in range(20))
+    copy = {"type": "json_schema", "json_schema": {"name": "copy", "schema": {"type": "string", "const": text}}}
+    rows = [full("copy", messages=[{"role": "user", "content": "Repeat this list exactly.\n\n" + text}],
+                 temperature=0, max_tokens=200, response_format=copy)]
+    rows += [{"prompt": f"Repeat: the cat {i} sat on the mat, the cat {i} sat on the mat.", "custom_id": f"q{i}",
+              "temperature": 0, "max_tokens": 24} for i in range(3)]
+    src = jsonl(tmp_path / "in.jsonl", rows)
+
+    def run(name: str, *extra: str) -> tuple[dict, dict]:
+        out = tmp_path / name
+        proc = infer("batch", src, "-o", out, *on(smollm2), "--parallel", "1", "--json", *extra)
+        assert proc.returncode == 0, proc.stderr
+        return json.loads(proc.stdout), {r["custom_id"]: r["response"]["body"] for r in read_out(out)}
+
+    plain_summary, plain = run("plain.jsonl")
+    fast_summary, fast = run("fast.jsonl", "--lookup")
+    assert {k: b["choices"][0]["message"]["content"] for k, b in fast.items()} == \
+        {k: b["choices"][0]["message"]["content"] for k, b in plain.items()}
+    assert {k: b["usage"]["completion_tokens"] for k, b in fast.items()} == \
+        {k: b["usage"]["completion_tokens"] for k, b in plain.items()}
+    kept = {k: b["usage"]["completion_tokens_details"]["accepted_prediction_tokens"] for k, b in fast.items()}
+    assert kept["copy"] > 0 and fast_summary["accepted_tokens"] == sum(kept.values())
+    assert 0 < fast_summary["accepted_tokens"] <= fast_summary["drafted_tokens"]
+    assert plain_summary["drafted_tokens"] == 0
+    assert all("completion_tokens_details" not in b["usage"] for b in plain.values())
+
+
+@pytest.mark.parametrize("args", [["--draft-max", "4"], ["--lookup", "--ngram", "0"]])
+def test_bad_lookup_values_are_refused_before_any_work(infer, tmp_path, args):
+    src = jsonl(tmp_path / "in.jsonl", [{"prompt": "a"}])
+    proc = infer("batch", src, *args)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1
+    assert not (tmp_path / "in.output.jsonl").exists()

@@ -12,7 +12,8 @@ Output: the OpenAI Batch output form, one line per input line, in the order line
 text_completion>}, "error": null}, or for a line that failed {"response": null, "error": {"code",
 "message", "line"}}. Lines are written in small groups, each flushed and fsynced.
 
-Resume: a sidecar file OUTPUT.infer.json records the input's sha256 and the model (name, file, size).
+Resume: a sidecar file OUTPUT.infer.json records the input's sha256 and the model (name, file, size; for
+a batch sent to a server by batch_remote.py, the server's URL and the model's name).
 A rerun with the same input and model repairs a torn last line (a kill -9 inside a write), skips the
 custom_ids already in the output and finishes the rest; an output from another input or model is
 refused unless `force` (which starts it afresh).
@@ -32,9 +33,12 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Callable, Iterator
+from typing import IO, TYPE_CHECKING, Callable, Iterator
 
 from infer.errors import ContextOverflow, InferError, NoSpace, UsageError
+
+if TYPE_CHECKING:
+    from infer.engine.speculate import Speculation
 
 URLS = {"/v1/chat/completions": "chat", "/v1/completions": "completion"}
 SIDECAR_SUFFIX = ".infer.json"
@@ -87,7 +91,7 @@ def iter_lines(f: IO[bytes]) -> Iterator[tuple[int, bytes | None]]:
         yield n, raw.rstrip(b"\r\n")
 
 
-def _custom_id(obj, line: int) -> tuple[str, str | None]:
+def custom_id_of(obj, line: int) -> tuple[str, str | None]:
     """The line's id, and a complaint if its custom_id is unusable."""
     cid = obj.get("custom_id") if isinstance(obj, dict) else None
     if cid is None:
@@ -109,18 +113,20 @@ def parse_line(raw: bytes | None, line: int) -> Job | BadLine | None:
         return BadLine(line, line_id(line), "invalid_json", f"not valid JSON: {getattr(e, 'msg', e)}")
     if not isinstance(obj, dict):
         return BadLine(line, line_id(line), "invalid_request", f"a request line must be a JSON object, not {_kind(obj)}")
-    cid, problem = _custom_id(obj, line)
+    cid, problem = custom_id_of(obj, line)
     if problem:
         return BadLine(line, cid, "invalid_request", problem)
     try:
-        if "url" in obj or "body" in obj or "method" in obj:
+        if is_full_form(obj):
             return _full_form(obj, line, cid)
         return _short_form(obj, line, cid)
-    except _Bad as e:
+    except Invalid as e:
         return BadLine(line, cid, e.code, e.message)
 
 
-class _Bad(Exception):
+class Invalid(Exception):
+    """A request line that cannot run: its error line's code and message."""
+
     def __init__(self, message: str, code: str = "invalid_request"):
         super().__init__(message)
         self.message, self.code = message, code
@@ -130,17 +136,28 @@ def _kind(value) -> str:
     return {list: "an array", str: "a string", bool: "a boolean", type(None): "null"}.get(type(value), "a number")
 
 
-def _full_form(obj: dict, line: int, cid: str) -> Job:
+def envelope(obj: dict, urls) -> tuple[str, dict]:
+    """The url and body of a line in the OpenAI Batch request form, checked against the urls supported."""
     method = obj.get("method", "POST")
     if method != "POST":
-        raise _Bad(f"method {method!r} is not supported: use POST")
+        raise Invalid(f"method {method!r} is not supported: use POST")
     url = obj.get("url")
-    if url not in URLS:
-        supported = " or ".join(URLS)
-        raise _Bad(f"url {url!r} is not supported: use {supported}", code="invalid_url")
+    if url not in urls:
+        *most, last = urls
+        supported = f"{', '.join(most)} or {last}" if most else last
+        raise Invalid(f"url {url!r} is not supported: use {supported}", code="invalid_url")
     body = obj.get("body")
     if not isinstance(body, dict):
-        raise _Bad("body must be a JSON object")
+        raise Invalid("body must be a JSON object")
+    return url, body
+
+
+def is_full_form(obj: dict) -> bool:
+    return "url" in obj or "body" in obj or "method" in obj
+
+
+def _full_form(obj: dict, line: int, cid: str) -> Job:
+    url, body = envelope(obj, URLS)
     if URLS[url] == "chat":
         return Job(line, cid, "chat", messages=_messages(body.get("messages")), params=_params(body))
     return Job(line, cid, "completion", prompt=_prompt(body.get("prompt")), params=_params(body))
@@ -150,38 +167,38 @@ def _short_form(obj: dict, line: int, cid: str) -> Job:
     if "messages" in obj:
         return Job(line, cid, "chat", messages=_messages(obj["messages"]), params=_params(obj))
     if "prompt" not in obj:
-        raise _Bad("the line has no messages or prompt (or an OpenAI Batch url and body)")
+        raise Invalid("the line has no messages or prompt (or an OpenAI Batch url and body)")
     prompt = _prompt(obj["prompt"])
     raw = obj.get("raw", False) or isinstance(prompt, tuple)
     if not isinstance(raw, bool):
-        raise _Bad("raw must be true or false")
+        raise Invalid("raw must be true or false")
     if raw:
         return Job(line, cid, "completion", prompt=prompt, params=_params(obj))
     system = obj.get("system")
     if system is not None and not isinstance(system, str):
-        raise _Bad("system must be a string")
+        raise Invalid("system must be a string")
     messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
     return Job(line, cid, "chat", messages=tuple(messages), params=_params(obj))
 
 
 def _messages(value) -> tuple:
     if value is None:
-        raise _Bad("the request has no messages")
+        raise Invalid("the request has no messages")
     if not isinstance(value, list) or not value:
-        raise _Bad("messages must be a non-empty array")
+        raise Invalid("messages must be a non-empty array")
     out = []
     for i, m in enumerate(value):
         if not isinstance(m, dict) or not isinstance(m.get("role"), str):
-            raise _Bad(f"messages[{i}] must be an object with a role")
+            raise Invalid(f"messages[{i}] must be an object with a role")
         content = m.get("content")
         if isinstance(content, list):  # OpenAI content parts: text only
             if not all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str) for p in content):
-                raise _Bad(f"messages[{i}].content: only text parts are supported")
+                raise Invalid(f"messages[{i}].content: only text parts are supported")
             content = "".join(p["text"] for p in content)
         if content is None:
             content = ""
         if not isinstance(content, str):
-            raise _Bad(f"messages[{i}].content must be a string or an array of text parts")
+            raise Invalid(f"messages[{i}].content must be a string or an array of text parts")
         out.append({"role": m["role"], "content": content})
     return tuple(out)
 
@@ -191,12 +208,12 @@ def _prompt(value) -> str | tuple:
     if isinstance(value, list) and len(value) == 1 and isinstance(value[0], (str, list)):
         value = value[0]
     if value is None:
-        raise _Bad("the request has no prompt")
+        raise Invalid("the request has no prompt")
     if isinstance(value, list) and value and all(isinstance(t, int) and not isinstance(t, bool) and t >= 0
                                                  for t in value):
         return tuple(value)
     if not isinstance(value, str):
-        raise _Bad("prompt must be a string or an array of token ids (or an array of one of those)")
+        raise Invalid("prompt must be a string or an array of token ids (or an array of one of those)")
     return value
 
 
@@ -205,10 +222,10 @@ def _number(body: dict, key: str, lo: float | None = None, hi: float | None = No
     value = body[key]
     ok_type = isinstance(value, int) if integer else isinstance(value, (int, float))
     if isinstance(value, bool) or not ok_type:
-        raise _Bad(f"{key} must be {'an integer' if integer else 'a number'}")
+        raise Invalid(f"{key} must be {'an integer' if integer else 'a number'}")
     if (lo is not None and (value <= lo if above else value < lo)) or (hi is not None and value > hi):
         bounds = f"greater than {lo}" if above else f"between {lo} and {hi}" if hi is not None else f"at least {lo}"
-        raise _Bad(f"{key} must be {bounds}")
+        raise Invalid(f"{key} must be {bounds}")
     return value
 
 
@@ -226,15 +243,15 @@ def _params(body: dict) -> dict:
             p["max_tokens"] = _number(body, key, lo=1, integer=True)
     if body.get("ignore_eos") is not None:  # llama.cpp server's extension: a fixed answer length
         if not isinstance(body["ignore_eos"], bool):
-            raise _Bad("ignore_eos must be true or false")
+            raise Invalid("ignore_eos must be true or false")
         p["ignore_eos"] = body["ignore_eos"]
     if body.get("n") is not None and body["n"] != 1:
-        raise _Bad("n must be 1: one completion per line")
+        raise Invalid("n must be 1: one completion per line")
     stop = body.get("stop")
     if stop is not None:
         stops = [stop] if isinstance(stop, str) else stop
         if not isinstance(stops, list) or not all(isinstance(s, str) for s in stops):
-            raise _Bad("stop must be a string or an array of strings")
+            raise Invalid("stop must be a string or an array of strings")
         p["stop"] = tuple(s for s in stops if s)
     fmt = body.get("response_format")
     if fmt is not None:
@@ -245,7 +262,7 @@ def _params(body: dict) -> dict:
 def _response_format(fmt) -> dict | None:
     """None: any JSON; a dict: a JSON schema; {"type": "text"} means no constraint (returned as False)."""
     if not isinstance(fmt, dict) or fmt.get("type") not in ("text", "json_object", "json_schema"):
-        raise _Bad("response_format.type must be text, json_object or json_schema")
+        raise Invalid("response_format.type must be text, json_object or json_schema")
     if fmt["type"] == "text":
         return {"kind": "text"}
     if fmt["type"] == "json_object":
@@ -253,7 +270,7 @@ def _response_format(fmt) -> dict | None:
     spec = fmt.get("json_schema")
     schema = spec.get("schema") if isinstance(spec, dict) else None
     if not isinstance(schema, dict):
-        raise _Bad("response_format.json_schema.schema must be a JSON schema object", code="invalid_schema")
+        raise Invalid("response_format.json_schema.schema must be a JSON schema object", code="invalid_schema")
     _check_schema(schema, "schema")
     return {"kind": "json", "schema": schema}
 
@@ -266,14 +283,14 @@ def _check_schema(node, where: str) -> None:
     if isinstance(node, bool):
         return
     if not isinstance(node, dict):
-        raise _Bad(f"{where} must be an object", code="invalid_schema")
+        raise Invalid(f"{where} must be an object", code="invalid_schema")
     t = node.get("type")
     for name in (t if isinstance(t, list) else [t] if t is not None else []):
         if name not in _TYPES:
-            raise _Bad(f"{where}.type is {name!r}, not one of {', '.join(sorted(_TYPES))}", code="invalid_schema")
+            raise Invalid(f"{where}.type is {name!r}, not one of {', '.join(sorted(_TYPES))}", code="invalid_schema")
     props = node.get("properties", {})
     if not isinstance(props, dict):
-        raise _Bad(f"{where}.properties must be an object", code="invalid_schema")
+        raise Invalid(f"{where}.properties must be an object", code="invalid_schema")
     for key, sub in props.items():
         _check_schema(sub, f"{where}.properties.{key}")
     if isinstance(node.get("items"), dict):
@@ -339,7 +356,7 @@ def parse_id(raw: bytes | None, line: int) -> str | None:
         obj = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError):
         return line_id(line)
-    return _custom_id(obj, line)[0]
+    return custom_id_of(obj, line)[0]
 
 
 def spool_stdin(stream: IO[bytes]) -> Path:
@@ -406,6 +423,10 @@ def _describe(theirs: dict | None, ours: dict) -> str:
         return "another input (its sha256 differs)"
     if theirs.get("model") != ours["model"]:
         m = theirs.get("model") or {}
+        if m.get("host"):
+            return f"a run on the server at {m['host']} (model {m.get('name', '?')})"
+        if ours["model"].get("host"):
+            return f"a local run (model {m.get('name', '?')}, {m.get('file', '?')})"
         return f"another model ({m.get('name', '?')}, {m.get('file', '?')})"
     return "another version of infer's batch format"
 
@@ -557,12 +578,17 @@ def _hex() -> str:
     return uuid.uuid4().hex
 
 
-def result_line(job: Job, text: str, done, model: str, created: int | None = None) -> dict:
-    """A successful line: the OpenAI Batch output form with a chat.completion or text_completion body."""
+def result_line(job: Job, text: str, done, model: str, created: int | None = None, *, drafts: bool = False) -> dict:
+    """A successful line: the OpenAI Batch output form with a chat.completion or text_completion body. With
+    `drafts` (speculation on), the usage says how many drafted tokens the model kept, in OpenAI's words for
+    predicted outputs."""
     u = done.usage
     created = int(time.time()) if created is None else created
     usage = {"prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens,
              "total_tokens": u.prompt_tokens + u.completion_tokens}
+    if drafts:
+        usage["completion_tokens_details"] = {"accepted_prediction_tokens": u.accepted,
+                                              "rejected_prediction_tokens": u.drafted - u.accepted}
     reason = done.finish_reason
     if job.kind == "chat":
         body = {"id": f"chatcmpl-{_hex()}", "object": "chat.completion", "created": created, "model": model,
@@ -571,8 +597,13 @@ def result_line(job: Job, text: str, done, model: str, created: int | None = Non
     else:
         body = {"id": f"cmpl-{_hex()}", "object": "text_completion", "created": created, "model": model,
                 "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": reason}], "usage": usage}
-    return {"id": f"batch_req_{_hex()}", "custom_id": job.custom_id,
-            "response": {"status_code": 200, "request_id": f"req_{_hex()}", "body": body}, "error": None}
+    return response_line(job.custom_id, body)
+
+
+def response_line(custom_id: str, body: dict, request_id: str | None = None) -> dict:
+    """A successful line of the OpenAI Batch output form, around a response body."""
+    return {"id": f"batch_req_{_hex()}", "custom_id": custom_id,
+            "response": {"status_code": 200, "request_id": request_id or f"req_{_hex()}", "body": body}, "error": None}
 
 
 def error_line(line: int, custom_id: str, code: str, message: str) -> dict:
@@ -597,6 +628,8 @@ class Summary:
     failed: int = 0
     prompt_tokens: int = 0  # this run
     completion_tokens: int = 0
+    drafted_tokens: int = 0  # this run, by prompt-lookup speculation (--lookup)
+    accepted_tokens: int = 0  # of which the model kept
     wall_s: float = 0.0
     interrupted: bool = False
 
@@ -611,7 +644,8 @@ class Summary:
     def as_dict(self) -> dict:
         return {"requests": self.requests, "ok": self.ok, "failed": self.failed, "done_before": self.done_before,
                 "interrupted": self.interrupted, "prompt_tokens": self.prompt_tokens,
-                "completion_tokens": self.completion_tokens, "wall_s": round(self.wall_s, 3),
+                "completion_tokens": self.completion_tokens, "drafted_tokens": self.drafted_tokens,
+                "accepted_tokens": self.accepted_tokens, "wall_s": round(self.wall_s, 3),
                 "tokens_per_s": round(self.tokens_per_s, 2)}
 
 
@@ -623,6 +657,7 @@ class Settings:
     max_tokens: int | None = None  # for lines that give none
     defaults: dict = field(default_factory=dict)  # the model's sampling defaults (catalog)
     model_name: str = ""
+    speculation: Speculation | None = None  # prompt-lookup speculation for every line (--lookup)
 
 
 class _Prompts:
@@ -654,10 +689,11 @@ class _Prompts:
             tokens = list(job.prompt)
             n_vocab = self.n_vocab()
             if n_vocab and max(tokens) >= n_vocab:  # llama_decode would fail the whole step, others included
-                raise _Bad(f"token id {max(tokens)} is outside the model's vocabulary ({n_vocab} tokens)")
+                raise Invalid(f"token id {max(tokens)} is outside the model's vocabulary ({n_vocab} tokens)")
         else:
             tokens = self.model.tokenize(job.prompt)
-        return Request(tokens=tokens, sampling=Sampling(**merged), id=job.custom_id)
+        return Request(tokens=tokens, sampling=Sampling(**merged), id=job.custom_id,
+                       speculation=self.settings.speculation)
 
     def n_vocab(self) -> int | None:
         if not hasattr(self, "_n_vocab"):
@@ -678,11 +714,11 @@ class _Prompts:
                 self.grammars[key] = json_grammar(fmt.get("schema"))
             except UsageError as e:
                 self.grammars[key] = None
-                raise _Bad(e.message, code="invalid_schema") from e
+                raise Invalid(e.message, code="invalid_schema") from e
             if len(self.grammars) > 256:
                 self.grammars.pop(next(iter(self.grammars)))
         if self.grammars[key] is None:
-            raise _Bad("invalid JSON schema", code="invalid_schema")
+            raise Invalid("invalid JSON schema", code="invalid_schema")
         return self.grammars[key]
 
 
@@ -732,7 +768,7 @@ def execute(path: Path, writer: Writer, existing: Existing, model, settings: Set
                     continue
                 try:
                     handle = sched.submit(prompts.request(item), sink=sink)
-                except _Bad as e:
+                except Invalid as e:
                     fail(item.line, item.custom_id, e.code, e.message)
                     continue
                 except InferError as e:
@@ -783,8 +819,11 @@ def _on_event(handle, event, flights: dict, writer: Writer, summary: Summary, se
         message = getattr(err, "message", None) or str(err)
         fail(job.line, job.custom_id, error_code(err), message)
     elif isinstance(event, Done) and event.finish_reason != "cancelled":
-        writer.add(result_line(job, "".join(flight.chunks), event, settings.model_name))
+        writer.add(result_line(job, "".join(flight.chunks), event, settings.model_name,
+                               drafts=settings.speculation is not None))
         summary.ok += 1
         summary.prompt_tokens += event.usage.prompt_tokens
         summary.completion_tokens += event.usage.completion_tokens
+        summary.drafted_tokens += event.usage.drafted
+        summary.accepted_tokens += event.usage.accepted
     return True

@@ -40,14 +40,15 @@ INFER_THREADS = EnvVar("INFER_THREADS", "CPU threads when -t is not given. Defau
                        ("run", "chat", "bench", "worker"))
 INFER_STALL_TIMEOUT = EnvVar("INFER_STALL_TIMEOUT", "Seconds without a byte before a download is dropped and resumed (30).",
                              ("pull",))
-INFER_RETRY_BACKOFF = EnvVar("INFER_RETRY_BACKOFF", "First wait in seconds between download retries, doubled each time (1).",
-                             ("pull",))
+INFER_RETRY_BACKOFF = EnvVar("INFER_RETRY_BACKOFF", "First wait in seconds between retries of a download, or of a "
+                             "batch request to --host, doubled each time (1).", ("pull", "batch"))
 INFER_TEST_FREE_BYTES = EnvVar("INFER_TEST_FREE_BYTES", "Testing only: pretend the store's disk has this many bytes free.",
                                ("pull",))
-INFER_HOST = EnvVar("INFER_HOST", "URL of a running `infer serve` (or any OpenAI-compatible server): run and chat use it "
-                    "instead of loading the model; ps asks it (default http://127.0.0.1:11435).", ("ps", "run", "chat"))
+INFER_HOST = EnvVar("INFER_HOST", "URL of a running `infer serve` (or any OpenAI-compatible server): run, chat and batch "
+                    "use it instead of loading the model; ps asks it (default http://127.0.0.1:11435).",
+                    ("ps", "run", "chat", "batch"))
 INFER_API_KEY = EnvVar("INFER_API_KEY", "API key that `infer serve` requires (Authorization: Bearer KEY); "
-                       "clients of a server send it.", ("serve", "ps", "run", "chat"))
+                       "clients of a server send it.", ("serve", "ps", "run", "chat", "batch"))
 INFER_RPC = EnvVar("INFER_RPC", "RPC workers (HOST:PORT,...) to split the model across when --rpc is not given.",
                    ("run", "chat", "serve", "batch", "bench"))
 

@@ -19,6 +19,7 @@ Examples:
   infer batch requests.jsonl -o results.jsonl --parallel 8 --seed 1
   printf '{"prompt": "Name a colour."}\\n' | infer batch - -o out.jsonl
   infer batch requests.jsonl -o results.jsonl --json | jq .failed
+  infer batch requests.jsonl -o results.jsonl --host http://127.0.0.1:11435 --parallel 16
 """
 
 DEFAULT_PARALLEL = 4
@@ -35,7 +36,8 @@ def batch(
     model: o.Model = None,
     quant: o.Quant = None,
     parallel: Annotated[int, typer.Option(
-        "--parallel", min=1, max=256, help="Sequences decoded together (continuous batching).")] = DEFAULT_PARALLEL,
+        "--parallel", min=1, max=256, help="Sequences decoded together (continuous batching); with --host, "
+        "requests in flight.")] = DEFAULT_PARALLEL,
     ctx_size: Annotated[Optional[int], typer.Option(
         "--ctx-size", "-c", min=16, help=f"Context per sequence in tokens; the KV cache holds parallel x this. "
         f"A line that does not fit is an error line. (default: {DEFAULT_CTX}, capped by the model's)",
@@ -56,8 +58,14 @@ def batch(
     rpc: o.Rpc = None,
     tensor_split: o.TensorSplit = None,
     force_rpc: o.ForceRpc = False,
+    lookup: o.Lookup = False,
+    draft_max: o.DraftMax = None,
+    draft_min: o.DraftMin = None,
+    ngram: o.Ngram = None,
+    host: o.Host = None,
+    api_key: o.ApiKey = None,
     force: Annotated[bool, typer.Option(
-        "--force", help="Overwrite an output file that holds results of another input or model.")] = False,
+        "--force", help="Overwrite an output file that holds results of another input, model or server.")] = False,
     json_out: Annotated[bool, typer.Option(
         "--json", help="Print the summary as one JSON object on stdout.", rich_help_panel=o.OUTPUT)] = False,
     verbose: o.Verbose = False,
@@ -67,11 +75,17 @@ def batch(
     Rerunning the same command after a crash, kill or Ctrl-C finishes what is left: every input line
     ends up exactly once in the output. Exit 0 only when every line succeeded (10: some lines failed;
     their error lines are in the output)."""
-    from infer import batch as core, complete
-    from infer.cli.progress import CliReporter
+    from infer import batch as core
     from infer.errors import PartialFailure
 
     o.rpc_options(rpc, tensor_split, force_rpc)
+    speculation = o.build_speculation(lookup, draft_max, draft_min, ngram)
+    server = o.remote_server(host, api_key)
+    if server is not None and (rpc or tensor_split or force_rpc):
+        raise UsageError("--rpc splits the model where it runs: give it to `infer serve`, not with --host")
+    if server is not None and speculation is not None:
+        raise UsageError("--lookup speculates where the model runs: it cannot with --host",
+                         hint="drop --lookup, or run the batch on the server's machine")
     to_stdout = output == "-" or (output is None and input_path == "-")
     if to_stdout and json_out:
         raise UsageError("--json prints the summary on stdout, where the results would go", hint="give -o FILE")
@@ -85,48 +99,101 @@ def batch(
         if out is not None and src.exists() and out.exists() and out.resolve() == src.resolve():
             raise UsageError("the output file is the input file", hint="give another -o")
         scan = core.scan(src)  # duplicate custom_ids are refused here, before anything else
-        resolved = complete.prepare(model, quant=quant, reporter=CliReporter())
-        identity = {"name": resolved.name, "file": resolved.path.name, "size": resolved.path.stat().st_size}
-        existing = core.open_output(out, core.fingerprint(scan, identity), force=force) if out else core.Existing()
-        if existing.repaired:
-            console.warn(f"{out}: cut a torn last line ({existing.repaired} bytes) left by an interrupted run")
-        per_seq = ctx_size or resolved.defaults.get("ctx_size") or DEFAULT_CTX
-        parallel = max(1, min(parallel, scan.requests - existing.done))  # no KV cells for sequences never used
-        load = o.build_load(per_seq * parallel, threads, gpu_layers, verbose, resolved.defaults, kv_type=kv_type,
-                            flash_attn=flash_attn, mlock=mlock, no_mmap=no_mmap, rpc=rpc, tensor_split=tensor_split,
-                            force_rpc=force_rpc)
-        writer = core.Writer(out)
-        summary = None
-        try:
-            if existing.done < scan.requests:
-                loaded = complete.load(resolved, load, console.warn)
-                try:
-                    if not ctx_size and loaded.n_ctx_train > 0:
-                        per_seq = min(per_seq, loaded.n_ctx_train)
-                    settings = core.Settings(parallel=parallel, ctx_size=per_seq, seed=seed, max_tokens=max_tokens,
-                                             defaults=resolved.defaults, model_name=resolved.name)
-                    if verbose:
-                        console.info(f"model: {resolved.name} on {loaded.where}; {parallel} sequences of {per_seq} tokens")
-                    with _progress(scan.requests, existing.done, quiet=json_out) as progress:
-                        summary = core.execute(src, writer, existing, loaded, settings, scan.requests, progress)
-                finally:
-                    loaded.close()
-            else:
-                summary = core.Summary(requests=scan.requests, done_before=existing.done, ok=len(existing.ok),
-                                       failed=len(existing.failed))
-        finally:
-            writer.close()
+        if server is not None:
+            name, summary = _remote(server, src, out, scan, model=model, quant=quant, parallel=parallel, seed=seed,
+                                    max_tokens=max_tokens, force=force, quiet=json_out, verbose=verbose)
+        else:
+            load = dict(threads=threads, gpu_layers=gpu_layers, kv_type=kv_type, flash_attn=flash_attn, mlock=mlock,
+                        no_mmap=no_mmap, rpc=rpc, tensor_split=tensor_split, force_rpc=force_rpc)
+            name, summary = _local(src, out, scan, model=model, quant=quant, parallel=parallel, ctx_size=ctx_size,
+                                   seed=seed, max_tokens=max_tokens, load=load, speculation=speculation, force=force,
+                                   quiet=json_out, verbose=verbose)
     finally:
         if input_path == "-":
             src.unlink(missing_ok=True)
     where = "stdout" if out is None else str(out)
     console.info(_summary_line(summary, where))
     if json_out:
-        render.print_json({"input": input_path, "output": where, "model": resolved.name, **summary.as_dict()})
+        render.print_json({"input": input_path, "output": where, "model": name, **summary.as_dict()})
     if summary.interrupted:
         raise KeyboardInterrupt
     if summary.failed:
         raise PartialFailure(f"{summary.failed} of {summary.requests} lines failed: their error lines are in {where}")
+
+
+def _existing(out: Path | None, scan, identity: dict, force: bool):
+    """The output made ready to append to (see batch.open_output); nothing to resume on stdout."""
+    from infer import batch as core
+
+    if out is None:
+        return core.Existing()
+    existing = core.open_output(out, core.fingerprint(scan, identity), force=force)
+    if existing.repaired:
+        console.warn(f"{out}: cut a torn last line ({existing.repaired} bytes) left by an interrupted run")
+    return existing
+
+
+def _local(src: Path, out: Path | None, scan, *, model, quant, parallel, ctx_size, seed, max_tokens, load: dict,
+           speculation, force: bool, quiet: bool, verbose: bool):
+    """The batch through a model loaded here: (model name, summary)."""
+    from infer import batch as core, complete
+    from infer.cli.progress import CliReporter
+
+    resolved = complete.prepare(model, quant=quant, reporter=CliReporter())
+    identity = {"name": resolved.name, "file": resolved.path.name, "size": resolved.path.stat().st_size}
+    existing = _existing(out, scan, identity, force)
+    per_seq = ctx_size or resolved.defaults.get("ctx_size") or DEFAULT_CTX
+    parallel = max(1, min(parallel, scan.requests - existing.done))  # no KV cells for sequences never used
+    options = o.build_load(per_seq * parallel, load.pop("threads"), load.pop("gpu_layers"), verbose, resolved.defaults,
+                           **load)
+    writer = core.Writer(out)
+    try:
+        if existing.done >= scan.requests:
+            return resolved.name, _nothing_left(scan, existing)
+        loaded = complete.load(resolved, options, console.warn)
+        try:
+            if not ctx_size and loaded.n_ctx_train > 0:
+                per_seq = min(per_seq, loaded.n_ctx_train)
+            settings = core.Settings(parallel=parallel, ctx_size=per_seq, seed=seed, max_tokens=max_tokens,
+                                     defaults=resolved.defaults, model_name=resolved.name, speculation=speculation)
+            if verbose:
+                console.info(f"model: {resolved.name} on {loaded.where}; {parallel} sequences of {per_seq} tokens")
+            with _progress(scan.requests, existing.done, quiet=quiet) as progress:
+                return resolved.name, core.execute(src, writer, existing, loaded, settings, scan.requests, progress)
+        finally:
+            loaded.close()
+    finally:
+        writer.close()
+
+
+def _remote(server, src: Path, out: Path | None, scan, *, model, quant, parallel, seed, max_tokens, force: bool,
+            quiet: bool, verbose: bool):
+    """The batch through a running server (`--host`): nothing is loaded here. (model name, summary)."""
+    from infer import batch as core, batch_remote
+    from infer.client import model_name
+
+    name, _ = model_name(model, quant)
+    batch_remote.probe(server)  # an unreachable server is refused before the output is touched
+    existing = _existing(out, scan, {"host": str(server.endpoint), "name": name}, force)
+    writer = core.Writer(out)
+    try:
+        if existing.done >= scan.requests:
+            return name, _nothing_left(scan, existing)
+        parallel = min(parallel, scan.requests - existing.done)
+        if verbose:
+            console.info(f"model: {name} on the server at {server.endpoint}; {parallel} requests in flight")
+        defaults = batch_remote.Defaults(model=name, seed=seed, max_tokens=max_tokens)
+        with _progress(scan.requests, existing.done, quiet=quiet) as progress:
+            return name, batch_remote.execute(src, writer, existing, server, defaults, parallel, scan.requests, progress)
+    finally:
+        writer.close()
+
+
+def _nothing_left(scan, existing):
+    from infer import batch as core
+
+    return core.Summary(requests=scan.requests, done_before=existing.done, ok=len(existing.ok),
+                        failed=len(existing.failed))
 
 
 def _summary_line(s, where: str) -> str:
@@ -135,6 +202,8 @@ def _summary_line(s, where: str) -> str:
     if s.done_before:
         parts.append(f"{s.done_before} from an earlier run")
     parts.append(f"{s.completion_tokens} tokens in {s.wall_s:.1f} s ({s.tokens_per_s:.1f} tok/s)")
+    if s.drafted_tokens:
+        parts.append(f"lookup kept {s.accepted_tokens}/{s.drafted_tokens} drafted tokens")
     line = " · ".join(parts) + f" -> {where}"
     return line + ("; rerun the same command to finish" if s.interrupted else "")
 
