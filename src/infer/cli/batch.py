@@ -59,6 +59,7 @@ def batch(
     tensor_split: o.TensorSplit = None,
     force_rpc: o.ForceRpc = False,
     lookup: o.Lookup = False,
+    draft: o.Draft = None,
     draft_max: o.DraftMax = None,
     draft_min: o.DraftMin = None,
     ngram: o.Ngram = None,
@@ -79,13 +80,13 @@ def batch(
     from infer.errors import PartialFailure
 
     o.rpc_options(rpc, tensor_split, force_rpc)
-    speculation = o.build_speculation(lookup, draft_max, draft_min, ngram)
+    speculation = o.build_speculation(lookup, draft_max, draft_min, ngram, draft)
     server = o.remote_server(host, api_key)
     if server is not None and (rpc or tensor_split or force_rpc):
         raise UsageError("--rpc splits the model where it runs: give it to `infer serve`, not with --host")
     if server is not None and speculation is not None:
-        raise UsageError("--lookup speculates where the model runs: it cannot with --host",
-                         hint="drop --lookup, or run the batch on the server's machine")
+        raise UsageError("--lookup and --draft speculate where the model runs: not with --host",
+                         hint="drop them, or run the batch on the server's machine (`infer serve --lookup`)")
     to_stdout = output == "-" or (output is None and input_path == "-")
     if to_stdout and json_out:
         raise UsageError("--json prints the summary on stdout, where the results would go", hint="give -o FILE")
@@ -152,6 +153,8 @@ def _local(src: Path, out: Path | None, scan, *, model, quant, parallel, ctx_siz
             return resolved.name, _nothing_left(scan, existing)
         loaded = complete.load(resolved, options, console.warn)
         try:
+            if speculation is not None and speculation.draft:
+                loaded.attach_draft(Path(speculation.draft), console.warn)
             if not ctx_size and loaded.n_ctx_train > 0:
                 per_seq = min(per_seq, loaded.n_ctx_train)
             settings = core.Settings(parallel=parallel, ctx_size=per_seq, seed=seed, max_tokens=max_tokens,
@@ -203,7 +206,7 @@ def _summary_line(s, where: str) -> str:
         parts.append(f"{s.done_before} from an earlier run")
     parts.append(f"{s.completion_tokens} tokens in {s.wall_s:.1f} s ({s.tokens_per_s:.1f} tok/s)")
     if s.drafted_tokens:
-        parts.append(f"lookup kept {s.accepted_tokens}/{s.drafted_tokens} drafted tokens")
+        parts.append(f"speculation kept {s.accepted_tokens}/{s.drafted_tokens} drafted tokens")
     line = " · ".join(parts) + f" -> {where}"
     return line + ("; rerun the same command to finish" if s.interrupted else "")
 
