@@ -26,6 +26,7 @@ DEFAULT_PARALLEL = 4
 DEFAULT_CTX = 4096
 
 
+@o.shared_options
 def batch(
     input_path: Annotated[str, typer.Argument(
         metavar="INPUT", help="Requests, one JSON object a line (OpenAI Batch format, or {\"prompt\"|\"messages\": ...}); "
@@ -58,11 +59,7 @@ def batch(
     rpc: o.Rpc = None,
     tensor_split: o.TensorSplit = None,
     force_rpc: o.ForceRpc = False,
-    lookup: o.Lookup = False,
-    draft: o.Draft = None,
-    draft_max: o.DraftMax = None,
-    draft_min: o.DraftMin = None,
-    ngram: o.Ngram = None,
+    speculation_opts: o.SpeculationArgs = o.SpeculationArgs(),
     host: o.Host = None,
     api_key: o.ApiKey = None,
     force: Annotated[bool, typer.Option(
@@ -80,13 +77,13 @@ def batch(
     from infer.errors import PartialFailure
 
     o.rpc_options(rpc, tensor_split, force_rpc)
-    speculation = o.build_speculation(lookup, draft_max, draft_min, ngram, draft)
     server = o.remote_server(host, api_key)
     if server is not None and (rpc or tensor_split or force_rpc):
         raise UsageError("--rpc splits the model where it runs: give it to `infer serve`, not with --host")
-    if server is not None and speculation is not None:
+    if server is not None and speculation_opts.given:
         raise UsageError("--lookup and --draft speculate where the model runs: not with --host",
                          hint="drop them, or run the batch on the server's machine (`infer serve --lookup`)")
+    speculation = speculation_opts.build()
     to_stdout = output == "-" or (output is None and input_path == "-")
     if to_stdout and json_out:
         raise UsageError("--json prints the summary on stdout, where the results would go", hint="give -o FILE")

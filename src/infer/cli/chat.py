@@ -84,11 +84,7 @@ def chat(
     quiet: Annotated[bool, typer.Option("--quiet", help="No stats line after each answer.")] = False,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the last conversation.")] = False,
     verbose: o.Verbose = False,
-    lookup: o.Lookup = False,
-    draft: o.Draft = None,
-    draft_max: o.DraftMax = None,
-    draft_min: o.DraftMin = None,
-    ngram: o.Ngram = None,
+    speculation_opts: o.SpeculationArgs = o.SpeculationArgs(),
     host: o.Host = None,
     api_key: o.ApiKey = None,
 ) -> None:
@@ -108,7 +104,7 @@ def chat(
     load_opts.check()
     given = sampling_opts.given()
     view = View(plain, quiet)
-    speculation = o.build_speculation(lookup, draft_max, draft_min, ngram, draft)
+    speculation = speculation_opts.build()
     server = o.remote_server(host, api_key)
     if server is not None and (load_opts.rpc or load_opts.tensor_split or load_opts.force_rpc):
         raise UsageError("--rpc splits the model where it runs: give it to `infer serve`, not with --host")

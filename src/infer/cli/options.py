@@ -181,6 +181,23 @@ class LoadArgs(OptionGroup):
 HardwareArgs = Annotated[LoadArgs, Omit(("ctx_size",))]  # bench sizes its own contexts
 
 
+@dataclasses.dataclass(frozen=True)
+class SpeculationArgs(OptionGroup):
+    lookup: Lookup = False
+    draft: Draft = None
+    draft_max: DraftMax = None
+    draft_min: DraftMin = None
+    ngram: Ngram = None
+
+    @property
+    def given(self) -> bool:
+        return self.lookup or self.draft is not None
+
+    def build(self):
+        """The engine's Speculation, or None (see build_speculation)."""
+        return build_speculation(self.lookup, self.draft_max, self.draft_min, self.ngram, self.draft)
+
+
 def shared_options(command):
     """Expand each parameter annotated with an option group into the group's options, in its place,
     and call `command` with one group object built from them."""

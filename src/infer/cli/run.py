@@ -41,11 +41,7 @@ def run(
                                                rich_help_panel=o.OUTPUT, show_default=False)] = None,
     stats: Annotated[bool, typer.Option("--stats", help="After the answer, one line of timings on stderr.",
                                         rich_help_panel=o.OUTPUT)] = False,
-    lookup: o.Lookup = False,
-    draft: o.Draft = None,
-    draft_max: o.DraftMax = None,
-    draft_min: o.DraftMin = None,
-    ngram: o.Ngram = None,
+    speculation_opts: o.SpeculationArgs = o.SpeculationArgs(),
     cache: Annotated[Optional[bool], typer.Option(
         "--cache/--no-cache", help="Reuse the saved KV state of a prompt's prefix, and save it for next time "
         "(default: off, or `cache = true` in config.toml).", rich_help_panel=o.CONTEXT, show_default=False)] = None,
@@ -70,7 +66,7 @@ def run(
     given = sampling_opts.given()
     load = None
     server = o.remote_server(host, api_key)
-    if server is not None and (lookup or draft):
+    if server is not None and speculation_opts.given:
         raise UsageError("--lookup and --draft run where the model is: they cannot be combined with --host")
     if server is not None and (load_opts.rpc or load_opts.tensor_split or load_opts.force_rpc):
         raise UsageError("--rpc splits the model where it runs: give it to `infer serve`, not with --host")
@@ -100,7 +96,7 @@ def run(
         show_where = (lambda m: console.info(f"running on: {m.where}")) if verbose or stats else (lambda m: None)
         events = complete.run(resolved, load, sampling, instruction, system=system, raw=raw, material=material,
                               cache=o.cache_options(cache, cache_size),
-                              speculation=o.build_speculation(lookup, draft_max, draft_min, ngram, draft),
+                              speculation=speculation_opts.build(),
                               notice=console.warn, on_load=show_where)
         name = resolved.name
     chunks: list[str] = []

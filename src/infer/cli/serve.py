@@ -46,6 +46,7 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+@o.shared_options
 def serve(
     model: Annotated[Optional[list[str]], typer.Option(
         "--model", "-m", help="Model to load at start (repeatable). Others are loaded on demand by name. "
@@ -82,11 +83,7 @@ def serve(
     rpc: o.Rpc = None,
     tensor_split: o.TensorSplit = None,
     force_rpc: o.ForceRpc = False,
-    lookup: o.Lookup = False,
-    draft: o.Draft = None,
-    draft_max: o.DraftMax = None,
-    draft_min: o.DraftMin = None,
-    ngram: o.Ngram = None,
+    speculation_opts: o.SpeculationArgs = o.SpeculationArgs(),
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log request bodies (prompt text) and llama.cpp's "
                                                                    "logs.")] = False,
 ) -> None:
@@ -105,7 +102,7 @@ def serve(
     from infer.server.models import parse_duration
 
     keep = parse_duration(keep_alive)
-    speculation = o.build_speculation(lookup, draft_max, draft_min, ngram, draft)
+    speculation = speculation_opts.build()
     names = list(model or [])
     o.rpc_options(rpc, tensor_split, force_rpc)
     if not names:  # the default model, when it is pulled; otherwise start empty and load on demand
