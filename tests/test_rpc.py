@@ -265,3 +265,12 @@ def test_a_worker_killed_mid_generation_ends_with_the_documented_error(infer, wo
     lines = err.decode().strip().splitlines()
     assert lines[-1].startswith("infer: lost the RPC worker at " + str(w)), err
     assert (first + rest).startswith(b"[")  # the text so far was kept
+
+
+@needs_rpc
+@pytest.mark.parametrize("sig,code", [(signal.SIGTERM, 0), (signal.SIGINT, 130)])
+def test_worker_stops_on_a_signal_with_the_documented_code(workers, sig, code):
+    w = workers()
+    w.proc.send_signal(sig)
+    assert w.proc.wait(timeout=30) == code
+    assert w.proc.stdout.read() == ""  # stdout held the one line, nothing more
