@@ -19,3 +19,8 @@ $PY benchmarks/render.py -r 3 --e2e
 $PY benchmarks/fit.py -c 512 -c 2048 -c 4096 -c 8192
 $PY benchmarks/big_input.py -r 5
 $PY benchmarks/batch.py --parallel 1 4 8 --rounds 2
+$PY benchmarks/throughput.py --parallel 1 4 8
+$PY benchmarks/serve.py --parallel 1 4 8 --oneshot
+$PY benchmarks/prompt_cache.py -r 3
+$PY benchmarks/speculative.py -r 3
+$PY benchmarks/rpc.py -r 3 -t 1

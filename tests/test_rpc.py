@@ -58,10 +58,12 @@ def test_version_rule_is_llama_cpps():
 
 def test_prediction_adds_the_link_to_local_speed():
     w = [rpc.WorkerInfo(rpc.Endpoint("a", 1), (7, 0, 0), rtt_s=0.001, bandwidth=100e6)]
-    fast, slow = rpc.predict(100.0, w, 4096), rpc.predict(100.0, w * 2, 4096)
+    fast, slow = rpc.predict(100.0, w, 4096, 32), rpc.predict(100.0, w * 2, 4096, 32)
     assert 0 < slow.split_tps < fast.split_tps < 100.0
-    assert fast.link_s == pytest.approx(3 * 0.001 + 2 * 4096 * 4 / 100e6)
+    graph = 32 * rpc.NODES_PER_LAYER * 296
+    assert fast.link_s == pytest.approx(3 * 0.001 + (2 * 4096 * 4 + graph) / 100e6 + rpc.WORKER_GRAPH_S)
     assert rpc.predict(100.0, [], 4096).split_tps == pytest.approx(100.0)
+    assert rpc.predict(100.0, w, 4096, 64).split_tps < fast.split_tps  # more layers: more graph to send
 
 
 # -- probing what is not a (compatible) worker --------------------------------------------------------------

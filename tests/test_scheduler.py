@@ -176,6 +176,22 @@ def test_chunked_prefill_never_stalls_a_generating_sequence():
             assert len(batch) == len(big) + 1
 
 
+def test_the_prefill_chunk_is_shared_among_the_sequences_that_wait():
+    # four sequences generating: each step carries their four tokens and at most 512 / 4 prompt tokens, so the
+    # more sequences wait on a step, the shorter it is (never below 64, or the configured chunk if smaller)
+    b = FakeBackend(n_seq=5, n_ctx_seq=512, n_batch=256)
+    s = Scheduler(b, threaded=False)
+    q = queue.SimpleQueue()
+    for i in range(4):
+        s.submit(req(f"gen{i}", [1 + i], max_tokens=60), sink=q)
+    s.step()  # their prompts read: each has a token pending
+    s.submit(req("big", range(1000, 1300), max_tokens=1), sink=q)
+    run_all(s)
+    assert collect(drain(q)["big"])[1].usage.prompt_tokens == 300
+    sizes = [n for n in (len([t for t, *_ in batch if 1000 <= t < 1300]) for batch in b.batches[1:]) if n]
+    assert sizes == [128, 128, 44]
+
+
 def test_a_prompt_longer_than_the_batch_is_read_in_several_decodes():
     b = FakeBackend(n_seq=1, n_ctx_seq=128, n_batch=16)
     s = Scheduler(b, threaded=False)

@@ -103,7 +103,8 @@ def plan_rpc(path, options: LoadOptions, notice: Callable[[str], None]) -> tuple
     if est.total > pooled:
         raise NoSpace(f"the model needs about {human_bytes(est.total)} but this machine and the workers have "
                       f"{human_bytes(pooled)} free together", hint="add a worker, or pick a smaller quant")
-    prediction = rpc.predict(hardware.decode_estimate(size), workers, info.embedding_length or 4096)
+    prediction = rpc.predict(hardware.decode_estimate(size), workers, info.embedding_length or 4096,
+                             info.block_count or 32)
     notice(prediction.line(workers))
     if est.total <= local_free and prediction.split_tps < prediction.local_tps and not options.force_rpc:
         notice("the model fits here and the split is predicted slower: running on this machine alone "

@@ -128,7 +128,7 @@ def _rpc_fit(est, info, size: int, gpus, workers) -> dict:
 
     local_free = hardware.available_memory() + sum(d.free for d in gpus)
     pooled = local_free + sum(w.free for w in workers)
-    p = rpc.predict(hardware.decode_estimate(size), list(workers), info.embedding_length or 4096)
+    p = rpc.predict(hardware.decode_estimate(size), list(workers), info.embedding_length or 4096, info.block_count or 32)
     return {"workers": len(workers), "free_together": pooled, "fits": est.total <= pooled,
             "fits_locally": est.total <= local_free, "predicted_tps": round(p.split_tps, 1),
             "local_tps": round(p.local_tps, 1)}

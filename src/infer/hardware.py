@@ -260,7 +260,7 @@ def plan_offload(est: Estimate, gpu_free: int, ram_available: int, requested: in
 
 # -- how fast will it decode -------------------------------------------------------------------
 
-DECODE_EFFICIENCY = 0.5  # share of one-thread copy bandwidth that CPU decoding reaches (calibrated: benchmarks/rpc.py)
+DECODE_EFFICIENCY = 0.75  # share of one-thread copy bandwidth that CPU decoding reaches (calibrated: benchmarks/rpc.py)
 
 
 def memory_bandwidth(size: int = 32 << 20, repeats: int = 3) -> float:

@@ -242,13 +242,15 @@ def probe_all(endpoints: tuple[Endpoint, ...], **kw) -> list[WorkerInfo]:
 # -- prediction ---------------------------------------------------------------------------------------------
 
 ROUND_TRIPS_PER_TOKEN = 3  # per worker and decoded token: inputs up, compute, the activations back
+NODES_PER_LAYER = 30  # graph nodes a transformer layer adds (each sent as one rpc_tensor with the graph)
+WORKER_GRAPH_S = 1.3e-3  # per worker and token: the worker reads and allocates the graph (calibrated: benchmarks/rpc.py)
 
 
 @dataclass(frozen=True)
 class Prediction:
     local_tps: float  # decode tokens/s on this machine alone (estimated)
     split_tps: float  # decode tokens/s with the workers (estimated)
-    link_s: float  # seconds of link time per token
+    link_s: float  # seconds of link and graph overhead per token
 
     def line(self, workers: list[WorkerInfo]) -> str:
         links = ", ".join(f"{w.endpoint} {w.rtt_s * 1e3:.2f} ms round trip, {w.bandwidth / 1e6:.0f} MB/s"
@@ -257,15 +259,17 @@ class Prediction:
                 f"against {self.local_tps:.1f} tok/s on this machine alone")
 
 
-def predict(local_tps: float, workers: list[WorkerInfo], n_embd: int, n_hops: int | None = None) -> Prediction:
-    """Decoding one token through a split runs the layers one device after the other, as on one machine, plus the
-    link: for each worker, a few round trips and the activations (n_embd floats) both ways. The workers' compute
-    is taken to be this machine's (the probe cannot time it); over a slow link the link dominates anyway."""
-    hops = len(workers) if n_hops is None else n_hops
+def predict(local_tps: float, workers: list[WorkerInfo], n_embd: int, n_layers: int = 32) -> Prediction:
+    """Decoding one token through a split runs the layers one device after the other, as on one machine, plus, for
+    each worker: a few round trips, the activations (n_embd floats) both ways, its share of the graph (sent with
+    every token: NODES_PER_LAYER tensors of _TENSOR.size bytes per layer) and the worker's own graph set-up. The
+    workers' compute is taken to be this machine's (the probe cannot time it); over a slow link the link dominates
+    anyway. Layers are taken to be shared equally."""
     link = 0.0
-    for w in workers[:hops]:
-        transfer = 2 * n_embd * 4 / w.bandwidth if w.bandwidth > 0 else 0.0
-        link += ROUND_TRIPS_PER_TOKEN * w.rtt_s + transfer
+    graph = n_layers * NODES_PER_LAYER * _TENSOR.size / max(len(workers), 1)
+    for w in workers:
+        transfer = (2 * n_embd * 4 + graph) / w.bandwidth if w.bandwidth > 0 else 0.0
+        link += ROUND_TRIPS_PER_TOKEN * w.rtt_s + transfer + WORKER_GRAPH_S
     per_token = 1 / local_tps if local_tps > 0 else 0.0
     return Prediction(local_tps, 1 / (per_token + link) if per_token + link > 0 else 0.0, link)
 

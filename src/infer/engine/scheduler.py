@@ -37,7 +37,8 @@ from infer.engine.sampling import Sampling, StopMatcher
 from infer.engine.speculate import Drafter, Lookup, Speculation
 from infer.errors import ContextOverflow, InferError, UsageError
 
-PREFILL_CHUNK = 512  # prompt tokens a step may add while other sequences are generating
+PREFILL_CHUNK = 512  # prompt tokens a step may add while one other sequence is generating (divided among more)
+MIN_PREFILL_CHUNK = 64
 MIN_PREFIX_REUSE = 1  # the in-memory slot cache reuses any common prefix (it costs nothing to keep)
 
 
@@ -353,8 +354,9 @@ class Scheduler:
                 seq.pending = None
                 fed.append(seq)
         room = self.backend.n_batch - self._n_batched
-        if fed:  # others are waiting for their next token: read prompts one bounded chunk at a time
-            room = min(room, self.prefill_chunk)
+        if fed:  # others are waiting for their next token: read prompts one bounded chunk at a time, smaller the more
+            # sequences wait (each waits for the whole step): at 8 sequences 64 tokens, so no step stalls them long
+            room = min(room, max(min(MIN_PREFILL_CHUNK, self.prefill_chunk), self.prefill_chunk // len(fed)))
         for seq in sorted(self.active.values(), key=lambda s: s.t_admit):
             left = len(seq.prompt) - seq.read
             if room <= 0:
