@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import weakref
 from dataclasses import dataclass
 from typing import AsyncIterator
 
@@ -16,18 +17,54 @@ class QueueFull(Exception):
     """The bounded queue is full: the server answers 503 with Retry-After."""
 
 
+class _Mailbox:
+    """Events from the scheduler's thread for the event loop, delivered in bursts: one wake-up of the loop carries
+    every event posted since the last one (a step of N streams is one wake-up, not N), so the loop takes as little
+    CPU as possible from llama.cpp's threads."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        import threading
+
+        self.loop = loop
+        self._lock = threading.Lock()
+        self._items: list = []
+
+    def post(self, q: asyncio.Queue, item) -> None:  # any thread
+        with self._lock:
+            self._items.append((q, item))
+            first = len(self._items) == 1
+        if first:
+            try:
+                self.loop.call_soon_threadsafe(self._deliver)
+            except RuntimeError:  # the loop is closed: nobody is listening any more
+                pass
+
+    def _deliver(self) -> None:  # the event loop
+        with self._lock:
+            items, self._items = self._items, []
+        for q, item in items:
+            q.put_nowait(item)
+
+
+_MAILBOXES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # one per event loop
+
+
+def _mailbox(loop: asyncio.AbstractEventLoop) -> _Mailbox:
+    box = _MAILBOXES.get(loop)
+    if box is None:
+        box = _MAILBOXES[loop] = _Mailbox(loop)
+    return box
+
+
 class _Sink:
     def __init__(self, loop: asyncio.AbstractEventLoop, q: asyncio.Queue, metrics=None):
-        self.loop, self.q, self.metrics = loop, q, metrics
+        self.box, self.q, self.metrics = _mailbox(loop), q, metrics
 
     def put(self, item) -> None:  # called from the scheduler's thread
         event = item[1]
         if self.metrics is not None and isinstance(event, (Done, Failed)):  # counted here: a client that left
             self.metrics.finished.labels(event.finish_reason if isinstance(event, Done) else "failed").inc()
-        try:
-            self.loop.call_soon_threadsafe(self.q.put_nowait, item)
-        except RuntimeError:  # the loop is closed: nobody is listening any more
-            pass
+        self.box.post(self.q, item)
 
 
 @dataclass
