@@ -276,3 +276,28 @@ def test_worker_stops_on_a_signal_with_the_documented_code(workers, sig, code):
     w.proc.send_signal(sig)
     assert w.proc.wait(timeout=30) == code
     assert w.proc.stdout.read() == ""  # stdout held the one line, nothing more
+
+
+@needs_rpc
+@pytest.mark.model
+def test_a_server_loads_two_models_over_the_same_worker(workers, smollm2, tmp_path):
+    # The worker serves one client at a time: the second load must reuse this process's connection, not probe
+    # again (a probe would wait behind the first model's connection and fail).
+    import httpx
+
+    from ggufs import write_tiny_llama
+    from serving import Server, private_env
+
+    w = workers()
+    tiny = write_tiny_llama(tmp_path / "tiny.gguf", smollm2.path)
+    server = Server(private_env(smollm2, tmp_path), "-m", "smollm2", "-m", str(tiny), "--parallel", "1", "-c", "256",
+                    "--rpc", str(w), "--force-rpc")
+    try:
+        for name in ("smollm2", str(tiny)):
+            r = httpx.post(server.url + "/v1/completions", json={"model": name, "prompt": "Hello", "max_tokens": 4},
+                           timeout=120)
+            assert r.status_code == 200, r.text
+            assert r.json()["usage"]["completion_tokens"] >= 1
+        assert server.stderr.count("predicted") == 2  # one plan per model, the second from the first probe
+    finally:
+        server.stop()

@@ -93,7 +93,7 @@ def plan_rpc(path, options: LoadOptions, notice: Callable[[str], None]) -> tuple
 
     rpc.ensure_supported()
     endpoints = rpc.parse_endpoints(",".join(options.rpc))
-    workers = rpc.probe_all(endpoints)
+    workers = rpc.probe_all(endpoints, engine_rpc.added())
     info = read_info(path)
     size = model_files_size(path)
     n_ctx = options.n_ctx or min(info.context_length or 4096, 4096)
@@ -110,10 +110,10 @@ def plan_rpc(path, options: LoadOptions, notice: Callable[[str], None]) -> tuple
         notice("the model fits here and the split is predicted slower: running on this machine alone "
                "(--force-rpc splits anyway)")
         return plan(path, replace(options, rpc=()), notice)
-    if options.tensor_split and len(options.tensor_split) > len(workers) + len(
-            [d for d in engine.devices() if d.kind in ("gpu", "igpu")]):
-        raise UsageError(f"--tensor-split has {len(options.tensor_split)} shares but there are only "
-                         f"{len(workers)} worker(s) and the local GPUs")
+    n_devices = sum(len(w.memory) for w in workers) + len([d for d in engine.devices() if d.kind in ("gpu", "igpu")])
+    if options.tensor_split and len(options.tensor_split) > n_devices:
+        raise UsageError(f"--tensor-split has {len(options.tensor_split)} shares but there are only {n_devices} "
+                         "devices (the workers', then the local GPUs)")
     engine_rpc.on_abort(rpc.lost_worker_handler(endpoints))  # first: registering connects, and may abort too
     engine_rpc.add_workers([str(e) for e in endpoints])
     layers = -1 if options.n_gpu_layers == -2 else options.n_gpu_layers
@@ -131,7 +131,7 @@ def load(resolved: resolve.Resolved, options: LoadOptions, notice: Callable[[str
             model = Model(resolved.path, options)
             break
         except BadModel as e:
-            if options.n_gpu_layers == 0:
+            if options.n_gpu_layers == 0 or options.rpc:  # a split is not retried on this machine alone
                 raise
             fewer = 0 if options.n_gpu_layers < 0 else options.n_gpu_layers // 2
             notice(f"loading with {'all' if options.n_gpu_layers < 0 else options.n_gpu_layers} GPU layers failed "

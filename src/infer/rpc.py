@@ -25,7 +25,8 @@ _HELLO, _DEVICE_COUNT, _GET_DEVICE_MEMORY = 14, 15, 11
 _ALLOC_BUFFER, _BUFFER_GET_BASE, _FREE_BUFFER, _SET_TENSOR = 0, 3, 4, 6
 _CAPS = 24  # RPC_CONN_CAPS_SIZE: zero capabilities ask for plain TCP
 _TENSOR = struct.Struct("<QIQ4I4II16iI10QQQQ64si")  # rpc_tensor, packed (296 bytes)
-UPLOAD_BYTES = 4 << 20
+UPLOAD_BYTES = 1 << 20
+UPLOAD_TIMEOUT = 30.0  # seconds for the upload probe: 1 MiB over a 0.3 Mbit/s link
 
 
 @dataclass(frozen=True)
@@ -226,17 +227,33 @@ def _measure(conn: _Conn) -> tuple[float, float]:
         tensor = _TENSOR.pack(1, 0, ptr, n, 1, 1, 1, 4, UPLOAD_BYTES, UPLOAD_BYTES, UPLOAD_BYTES, 0, *([0] * 16), 0,
                               *([0] * 10), 0, 0, base, b"infer-probe", 0)
         payload = tensor + b"\0" + struct.pack("<Q", 0) + bytes(UPLOAD_BYTES)
+        conn.sock.settimeout(UPLOAD_TIMEOUT)  # a slow link is slow, not broken
         t0 = time.perf_counter()
-        conn.send(_SET_TENSOR, payload)
-        conn.call(_DEVICE_COUNT, b"", 4)  # the worker handles commands in order: this ends after the upload
+        try:
+            conn.send(_SET_TENSOR, payload)
+            conn.call(_DEVICE_COUNT, b"", 4)  # the worker handles commands in order: this ends after the upload
+        except _Timeout:
+            raise WorkerError(f"the link to the RPC worker at {conn.endpoint} moved less than 1 MiB in "
+                              f"{UPLOAD_TIMEOUT:g} s", hint="a split over so slow a link cannot be fast") from None
         elapsed = time.perf_counter() - t0
-    finally:
         conn.send(_FREE_BUFFER, struct.pack("<Q", ptr))
+    except BaseException:
+        conn.close()  # the worker frees what a dropped connection held
+        raise
     return rtt, UPLOAD_BYTES / max(elapsed - rtt, 1e-6)
 
 
-def probe_all(endpoints: tuple[Endpoint, ...], **kw) -> list[WorkerInfo]:
-    return [probe(e, **kw) for e in endpoints]
+_PROBED: dict[str, WorkerInfo] = {}
+
+
+def probe_all(endpoints: tuple[Endpoint, ...], registered: list[str] = (), **kw) -> list[WorkerInfo]:
+    """Probe each worker, except those this process has registered already: a worker serves one client at a
+    time, and this process's own connection (held by a loaded model) would leave the probe unanswered. Their
+    first probe's figures are used again."""
+    for e in endpoints:
+        if str(e) not in registered or str(e) not in _PROBED:
+            _PROBED[str(e)] = probe(e, **kw)
+    return [_PROBED[str(e)] for e in endpoints]
 
 
 # -- prediction ---------------------------------------------------------------------------------------------
@@ -302,8 +319,12 @@ def lost_worker_handler(endpoints: tuple[Endpoint, ...]):
     from infer.errors import ExitCode
 
     def handle(message: str) -> None:
-        gone = [e for e in endpoints if not _alive(e)] or list(endpoints)
         reason = message.split(": ", 1)[-1].strip() if message else "no reason given"
+        gone = [e for e in endpoints if not _alive(e)]
+        if not gone and "ggml-rpc" not in message:  # another abort of llama.cpp's while workers are in use
+            os.write(2, f"infer: llama.cpp aborted: {reason}\n".encode("utf-8", "replace"))
+            os._exit(ExitCode.INTERNAL)
+        gone = gone or list(endpoints)
         try:
             sys.stdout.flush()
             if sys.stdout.isatty():

@@ -401,6 +401,9 @@ def _switch_model(session, view, name: str, load_args) -> None:
         except UsageError as e:
             view.note(f"{e.message}: speculative decoding is off for {resolved.name}")
             session.speculation = None
+        except BaseException:
+            new.close()
+            raise
     session.model.close()
     session.model, session.model_name = new, resolved.name
     session.base = o.build_sampling(given, resolved.defaults)

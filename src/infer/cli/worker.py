@@ -8,6 +8,7 @@ import signal
 import socket
 import sys
 import threading
+import time
 from typing import Annotated, Optional
 
 import typer
@@ -77,7 +78,8 @@ def worker(
     if host in ("", "*"):
         raise UsageError("--host needs an address: 127.0.0.1 (default), or a named address of this machine")
     port = _free_port(host, port)
-    endpoint = f"{host}:{port}"
+    address = socket.getaddrinfo(host, port, socket.AF_INET, socket.SOCK_STREAM)[0][4][0]  # llama.cpp takes IPv4
+    endpoint = f"{address}:{port}"
     if not _is_loopback(host):
         console.warn(NO_AUTH.format(where=endpoint))
     names = engine_rpc.worker_devices(device)
@@ -101,9 +103,10 @@ def worker(
             stopped.set()
 
     threading.Thread(target=run, name="infer-rpc-worker", daemon=True).start()
-    target = rpc.Endpoint("127.0.0.1" if host == "0.0.0.0" else host, port)
+    target = rpc.Endpoint("127.0.0.1" if address == "0.0.0.0" else address, port)
+    deadline = time.monotonic() + 60
     while True:  # ready once it answers a handshake
-        if stopped.wait(0.05):
+        if stopped.wait(0.05) or time.monotonic() > deadline:
             raise WorkerError(f"llama.cpp's RPC server could not start on {endpoint}")
         try:
             rpc.probe(target, timeout=1.0, measure=False)

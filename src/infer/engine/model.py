@@ -194,8 +194,15 @@ class Model:
             params.use_mmap = options.mmap
             params.use_mlock = options.mlock
         if options.tensor_split:
+            if len(options.tensor_split) > llama_cpp.llama_max_devices():
+                raise UsageError(f"--tensor-split has more shares than llama.cpp's {llama_cpp.llama_max_devices()} "
+                                 "devices")
             split = (ctypes.c_float * llama_cpp.llama_max_devices())(*options.tensor_split)
             params.tensor_split = ctypes.cast(split, ctypes.POINTER(ctypes.c_float))
+        if not options.rpc and _RPC["registered"]:  # workers are registered for another load: keep this one local
+            local = _local_gpus()
+            devices = (ctypes.c_void_p * (len(local) + 1))(*local, None)
+            params.devices = ctypes.addressof(devices)
         with _DeferredInterrupt() as interrupt:
             # returning False from the progress callback makes llama.cpp cancel the load
             keep_going = llama_cpp.llama_progress_callback(lambda progress, user_data: not interrupt.hit)
@@ -865,6 +872,21 @@ def _loaded_libraries() -> list[Path]:
         return []
 
 
+_RPC = {"registered": False}  # set by engine.rpc once workers are registered (they are then every load's default)
+
+
+def _local_gpus() -> list[int]:
+    """This machine's GPU devices (not RPC workers'), as ggml device pointers."""
+    ggml = ggml_lib()
+    out = []
+    for i in range(ggml.ggml_backend_dev_count()):
+        dev = ggml.ggml_backend_dev_get(i)
+        reg = ggml.ggml_backend_dev_backend_reg(dev)
+        if ggml.ggml_backend_dev_type(dev) in (1, 2) and not (ggml.ggml_backend_reg_name(reg) or b"").startswith(b"RPC"):
+            out.append(dev)
+    return out
+
+
 def devices() -> list[Device]:
     """The compute devices this llama.cpp build sees (ggml's backend registry), RPC workers' devices included
     (kind "rpc") once they are registered."""
@@ -879,7 +901,7 @@ def devices() -> list[Device]:
         ggml.ggml_backend_dev_memory(dev, ctypes.byref(free), ctypes.byref(total))
         reg = ggml.ggml_backend_dev_backend_reg(dev)
         kind = kinds.get(ggml.ggml_backend_dev_type(dev), "other")
-        if reg and ggml.ggml_backend_reg_name(reg) == b"RPC":
+        if reg and (ggml.ggml_backend_reg_name(reg) or b"").startswith(b"RPC"):
             kind = "rpc"
         out.append(Device(name=(ggml.ggml_backend_dev_name(dev) or b"").decode(),
                           description=(ggml.ggml_backend_dev_description(dev) or b"").decode(),
@@ -900,4 +922,5 @@ def supports_gpu_offload() -> bool:
         return True
     names = {(ggml.ggml_backend_reg_name(ggml.ggml_backend_reg_get(i)) or b"").decode()
              for i in range(ggml.ggml_backend_reg_count())}
-    return bool(names - {"CPU", "RPC", "BLAS"}) or any(d.kind in ("gpu", "igpu") for d in devices())
+    return any(n not in ("CPU", "BLAS") and not n.startswith("RPC") for n in names) or \
+        any(d.kind in ("gpu", "igpu") for d in devices())

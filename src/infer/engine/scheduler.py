@@ -331,7 +331,8 @@ class Scheduler:
             seq.spec = Lookup(req.tokens, spec)
         elif spec is not None and spec.draft:
             try:
-                seq.spec = Drafter(req.tokens, spec, b.model.draft_context(self.n_seq, self.n_ctx_seq), slot)
+                seq.spec = Drafter(req.tokens, spec, b.model.draft_context(self.n_seq, self.n_ctx_seq), slot,
+                                   b._n_vocab)
             except InferError as e:
                 b.free_sampler(sampler)
                 handle._emit(Failed(e))

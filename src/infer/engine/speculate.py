@@ -96,6 +96,7 @@ class Lookup(Proposer):
             self.paused -= 1
             return []
         c, tokens = self.cursor, self.tokens
+        self.cursor = None  # good for the proposal right after a result() only
         if c is not None and 0 < c < len(tokens) - 1 and tokens[c - 1] == tokens[-1]:
             draft = tokens[c:c + self.n_draft]
             if len(draft) >= self.spec.draft_min:
@@ -124,13 +125,23 @@ class Drafter(Proposer):
     """Proposals from a draft model: its greedy continuation of the sequence's tokens (model.DraftContext holds
     its KV, one sequence per slot)."""
 
-    def __init__(self, tokens: list[int], spec: Speculation, context, slot: int):
-        self.context, self.slot = context, slot
+    def __init__(self, tokens: list[int], spec: Speculation, context, slot: int, n_vocab: int):
+        self.context, self.slot, self.n_vocab = context, slot, n_vocab
         super().__init__(tokens, spec)
 
     def propose(self) -> list[int]:
+        from infer.errors import InferError
+
         if self.paused > 0:
             self.paused -= 1
             return []
-        draft = self.context.propose(self.slot, self.tokens, self.n_draft)
+        try:
+            draft = self.context.propose(self.slot, self.tokens, self.n_draft)
+        except InferError:  # the draft model failed (its context is full, say): this sequence goes on without it
+            self.paused = 1 << 62
+            return []
+        for i, token in enumerate(draft):  # vocabularies may differ by a few ids at the end: never propose those
+            if token >= self.n_vocab:
+                draft = draft[:i]
+                break
         return draft if len(draft) >= self.spec.draft_min else []
