@@ -50,15 +50,7 @@ def batch(
         "--max-tokens", "-n", min=1, help="Most tokens per answer, for lines that set no max_tokens. "
         "(default: until the model stops or the sequence's context is full)",
         rich_help_panel=o.SAMPLING, show_default=False)] = None,
-    threads: o.Threads = None,
-    gpu_layers: o.GpuLayers = None,
-    kv_type: o.KvType = "f16",
-    flash_attn: o.FlashAttn = "auto",
-    mlock: o.Mlock = False,
-    no_mmap: o.NoMmap = False,
-    rpc: o.Rpc = None,
-    tensor_split: o.TensorSplit = None,
-    force_rpc: o.ForceRpc = False,
+    load_opts: o.HardwareArgs = o.LoadArgs(),
     speculation_opts: o.SpeculationArgs = o.SpeculationArgs(),
     host: o.Host = None,
     api_key: o.ApiKey = None,
@@ -76,9 +68,9 @@ def batch(
     from infer import batch as core
     from infer.errors import PartialFailure
 
-    o.rpc_options(rpc, tensor_split, force_rpc)
+    load_opts.check()
     server = o.remote_server(host, api_key)
-    if server is not None and (rpc or tensor_split or force_rpc):
+    if server is not None and (load_opts.rpc or load_opts.tensor_split or load_opts.force_rpc):
         raise UsageError("--rpc splits the model where it runs: give it to `infer serve`, not with --host")
     if server is not None and speculation_opts.given:
         raise UsageError("--lookup and --draft speculate where the model runs: not with --host",
@@ -101,10 +93,8 @@ def batch(
             name, summary = _remote(server, src, out, scan, model=model, quant=quant, parallel=parallel, seed=seed,
                                     max_tokens=max_tokens, force=force, quiet=json_out, verbose=verbose)
         else:
-            load = dict(threads=threads, gpu_layers=gpu_layers, kv_type=kv_type, flash_attn=flash_attn, mlock=mlock,
-                        no_mmap=no_mmap, rpc=rpc, tensor_split=tensor_split, force_rpc=force_rpc)
             name, summary = _local(src, out, scan, model=model, quant=quant, parallel=parallel, ctx_size=ctx_size,
-                                   seed=seed, max_tokens=max_tokens, load=load, speculation=speculation, force=force,
+                                   seed=seed, max_tokens=max_tokens, load=load_opts, speculation=speculation, force=force,
                                    quiet=json_out, verbose=verbose)
     finally:
         if input_path == "-":
@@ -131,7 +121,7 @@ def _existing(out: Path | None, scan, identity: dict, force: bool):
     return existing
 
 
-def _local(src: Path, out: Path | None, scan, *, model, quant, parallel, ctx_size, seed, max_tokens, load: dict,
+def _local(src: Path, out: Path | None, scan, *, model, quant, parallel, ctx_size, seed, max_tokens, load,
            speculation, force: bool, quiet: bool, verbose: bool):
     """The batch through a model loaded here: (model name, summary)."""
     from infer import batch as core, complete
@@ -142,8 +132,7 @@ def _local(src: Path, out: Path | None, scan, *, model, quant, parallel, ctx_siz
     existing = _existing(out, scan, identity, force)
     per_seq = ctx_size or resolved.defaults.get("ctx_size") or DEFAULT_CTX
     parallel = max(1, min(parallel, scan.requests - existing.done))  # no KV cells for sequences never used
-    options = o.build_load(per_seq * parallel, load.pop("threads"), load.pop("gpu_layers"), verbose, resolved.defaults,
-                           **load)
+    options = load.build(verbose, resolved.defaults, ctx_size=per_seq * parallel)
     writer = core.Writer(out)
     try:
         if existing.done >= scan.requests:

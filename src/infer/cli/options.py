@@ -171,9 +171,9 @@ class LoadArgs(OptionGroup):
         """Refuse bad --rpc/--tensor-split/--force-rpc before anything is resolved or loaded."""
         rpc_options(self.rpc, self.tensor_split, self.force_rpc)
 
-    def build(self, verbose: bool, model_defaults: dict | None = None):
-        """The engine's LoadOptions (see build_load)."""
-        return build_load(self.ctx_size, self.threads, self.gpu_layers, verbose, model_defaults, kv_type=self.kv_type,
+    def build(self, verbose: bool, model_defaults: dict | None = None, ctx_size: int | None = None):
+        """The engine's LoadOptions (see build_load); `ctx_size` for a command that sizes its own context."""
+        return build_load(ctx_size or self.ctx_size, self.threads, self.gpu_layers, verbose, model_defaults, kv_type=self.kv_type,
                           flash_attn=self.flash_attn, mlock=self.mlock, no_mmap=self.no_mmap, rpc=self.rpc,
                           tensor_split=self.tensor_split, force_rpc=self.force_rpc)
 

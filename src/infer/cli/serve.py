@@ -74,15 +74,7 @@ def serve(
     shutdown_timeout: Annotated[float, typer.Option(
         "--shutdown-timeout", min=0, help="On SIGINT/SIGTERM, seconds for running requests to finish before they "
         "are ended with an error.")] = 5.0,
-    threads: o.Threads = None,
-    gpu_layers: o.GpuLayers = None,
-    kv_type: o.KvType = "f16",
-    flash_attn: o.FlashAttn = "auto",
-    mlock: o.Mlock = False,
-    no_mmap: o.NoMmap = False,
-    rpc: o.Rpc = None,
-    tensor_split: o.TensorSplit = None,
-    force_rpc: o.ForceRpc = False,
+    load_opts: o.HardwareArgs = o.LoadArgs(),
     speculation_opts: o.SpeculationArgs = o.SpeculationArgs(),
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log request bodies (prompt text) and llama.cpp's "
                                                                    "logs.")] = False,
@@ -104,7 +96,7 @@ def serve(
     keep = parse_duration(keep_alive)
     speculation = speculation_opts.build()
     names = list(model or [])
-    o.rpc_options(rpc, tensor_split, force_rpc)
+    load_opts.check()
     if not names:  # the default model, when it is pulled; otherwise start empty and load on demand
         default, _ = resolve.choose(None)
         if resolve.find_local(default) is not None:
@@ -113,8 +105,7 @@ def serve(
             console.warn(f"the default model {default} is not pulled: no model loaded until a request names one")
     for name in names:  # fail fast (exit 3) before binding, with the store's message
         resolve.resolve(name, pull=None)
-    load = o.build_load(None, threads, gpu_layers, verbose, kv_type=kv_type, flash_attn=flash_attn, mlock=mlock,
-                        no_mmap=no_mmap, rpc=rpc, tensor_split=tensor_split, force_rpc=force_rpc)
+    load = load_opts.build(verbose)
     from infer import engine
     from infer.server.run import serve_forever
 
