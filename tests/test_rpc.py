@@ -242,13 +242,19 @@ def test_doctor_probes_workers_and_the_fit(infer, workers, smollm2):
 @pytest.mark.model
 def test_all_layers_on_two_workers_answer_as_a_local_run(infer, workers, smollm2):
     a, b = workers(), workers()
-    common = ["-m", smollm2.path, "--temperature", "0", "--seed", seed(3), "-n", "24", "--no-cache", "--json",
+    common = ["-m", smollm2.path, "--temperature", "0", "--seed", seed(3), "-n", "24", "--no-cache", "--json", "-v",
               "Write a short list of colours."]
     local = infer("run", *common, check=True)
-    split = infer("run", *common, "--rpc", f"{a},{b}", "--force-rpc", "-v", check=True)
-    assert json.loads(split.stdout)["text"] == json.loads(local.stdout)["text"]
-    assert json.loads(split.stdout)["usage"] == json.loads(local.stdout)["usage"]
+    split = infer("run", *common, "--rpc", f"{a},{b}", "--force-rpc", check=True)
+    one = infer("run", *common, "--rpc", str(a), "--force-rpc", check=True)
+    answer = lambda p: (json.loads(p.stdout)["text"], json.loads(p.stdout)["usage"])  # noqa: E731
+    assert answer(split) == answer(one)  # the same kernels on the workers, however the layers are shared
     assert "predicted" in split.stderr and "split over 2 RPC worker(s)" in split.stderr
+    # A CPU whose llama.cpp repacks the weights into its own buffers (AMX, or an arch with repacked kernels) runs
+    # other kernels locally than a worker does on plain buffers: the last bits may differ there, so only where the
+    # local run uses plain CPU buffers must the texts be equal.
+    if not re.search(r"(REPACK|AMX|KLEIDI)\S* model buffer size", local.stderr):
+        assert answer(split) == answer(local)
 
 
 @needs_rpc
