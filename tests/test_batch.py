@@ -256,7 +256,8 @@ class FakeModel:
         text = "".join(f"<{m['role']}>{m['content']}" for m in messages)
         return text, self.tokenize(text)
 
-    def scheduler(self, n_seq, n_ctx_seq):
+    def scheduler(self, n_seq, n_ctx_seq, prefill_chunk=None):
+        assert prefill_chunk is None, "a batch reads prompts as fast as the batch allows"
         self.sched = FakeScheduler(n_seq, n_ctx_seq, **self.kw)
         return self.sched
 

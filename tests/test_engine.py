@@ -102,3 +102,52 @@ def test_a_consumer_in_another_thread_can_cancel_everything(model):
     for t in threads:
         t.join(timeout=300)
     assert all(h.done.finish_reason == "cancelled" for h in handles)
+
+
+def test_the_argmax_of_a_whole_step_picks_what_one_row_at_a_time_picks(model, monkeypatch):
+    """Eight greedy sequences: one argmax over the step's logits (on one thread, or split among threads as on a GPU
+    host) gives each the token a per-row argmax gives."""
+    from infer.engine import model as engine_model
+
+    tokens = prompts(model, 8)
+    backend = model.scheduler(8, 512).backend
+
+    def answers() -> dict:
+        model._sched.slot_tokens[:] = [[] for _ in range(8)]
+        for slot in range(8):
+            backend.forget(slot, 0)
+        q: queue.SimpleQueue = queue.SimpleQueue()
+        for i, t in enumerate(tokens):
+            model._sched.submit(Request(t, Sampling(temperature=0, max_tokens=16, ignore_eos=True), id=str(i)), sink=q)
+        texts, done = {}, 0
+        while done < 8:
+            handle, event = q.get(timeout=300)
+            if isinstance(event, Text):
+                texts[handle.request.id] = texts.get(handle.request.id, "") + event.text
+            done += isinstance(event, Done)
+        return texts
+
+    whole_steps = []
+    presample = backend.presample
+
+    def counted(wanted):
+        presample(wanted)
+        whole_steps.append(len(backend._argmax))
+
+    monkeypatch.setattr(backend, "presample", counted)
+    at_once = answers()
+    assert max(whole_steps) == 8  # the steps where all eight generated were argmaxed in one pass
+    monkeypatch.setattr(engine_model, "argmax_parts", lambda rows, n_vocab, on_gpu: 3)
+    split = answers()
+    monkeypatch.setattr(backend, "presample", lambda wanted: None)
+    one_by_one = answers()
+    assert at_once == split == one_by_one and len(at_once) == 8
+
+
+def test_argmax_threads_only_for_many_long_rows_on_a_gpu_host():
+    from infer.engine.model import ARGMAX_THREADS, argmax_parts
+
+    assert argmax_parts(64, 128256, on_gpu=False) == 1  # the CPU's cores are llama.cpp's
+    assert argmax_parts(8, 49152, on_gpu=True) == 1  # small: one pass is quicker than handing it out
+    assert argmax_parts(64, 128256, on_gpu=True) == min(8, ARGMAX_THREADS)
+    assert 1 <= argmax_parts(40, 128256, on_gpu=True) <= 5

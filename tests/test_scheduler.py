@@ -47,7 +47,11 @@ class FakeBackend:
         self.batches.append(batch)
         self.outputs = [(seq, token) for token, _, seq, logits in batch if logits]
 
+    def presample(self, wanted):
+        self.presampled = [i for _, i in wanted]
+
     def sample(self, sampler, index):
+        assert index in self.presampled, "sampled a row that presample was not told of"
         token, _, seq, logits = self.batches[-1][index]
         assert logits, "sampled a position that has no logits"
         n_gen = sampler["n"]
@@ -495,3 +499,79 @@ def test_when_the_leader_leaves_before_reading_the_prompt_a_follower_reads_it():
     events = drain(q)
     assert collect(events["a"])[1].finish_reason == "cancelled"
     assert collect(events["b"])[0] == "t120 t121 " and not b.copies
+
+
+@pytest.mark.parametrize("logprobs", [None, 2])
+@pytest.mark.parametrize("stop", [(), ("t5 t1",)])
+def test_a_request_that_does_not_stream_gets_its_whole_text_once_before_done(logprobs, stop):
+    b = FakeBackend(n_seq=2, n_ctx_seq=256, n_batch=64, cycle=5)
+    s = Scheduler(b, threaded=False)
+    q = queue.SimpleQueue()
+    for rid, stream in (("streamed", True), ("whole", False)):
+        s.submit(Request([1, 2, 3], Sampling(temperature=0, max_tokens=20, stop=stop), id=rid, logprobs=logprobs,
+                         stream=stream), sink=q)
+    run_all(s)
+    events = drain(q)
+    streamed, whole = events["streamed"], events["whole"]
+    assert len([e for e in streamed if isinstance(e, Text)]) > (1 if not stop else 0)
+    assert [type(e) for e in whole] == [Text, Done]
+    assert collect(whole)[0] == collect(streamed)[0] != ""
+    assert collect(whole)[1].usage == collect(streamed)[1].usage
+    assert whole[0].logprobs == tuple(e for ev in streamed if isinstance(ev, Text) for e in ev.logprobs)
+    assert len(whole[0].logprobs) == (whole[1].usage.completion_tokens if logprobs else 0)
+
+
+def test_a_request_that_does_not_stream_and_is_cancelled_gets_no_text():
+    b = FakeBackend(n_seq=1, n_ctx_seq=512)
+    s = Scheduler(b, threaded=False)
+    q = queue.SimpleQueue()
+    h = s.submit(Request([1], Sampling(temperature=0, max_tokens=100), id="a", stream=False), sink=q)
+    for _ in range(5):
+        s.step()
+    assert q.empty()  # nothing was sent while it generated
+    h.cancel()
+    s.step()
+    assert [type(e) for e in drain(q)["a"]] == [Done]
+
+
+def test_the_events_of_a_step_are_delivered_when_it_ends():
+    """Each step's events reach the consumer together, after the step's decode: one wake-up a step."""
+    b = FakeBackend(n_seq=4, n_ctx_seq=64, n_batch=16)
+    s = Scheduler(b, threaded=False)
+    seen = []
+
+    class Sink:
+        def put(self, item):
+            seen.append((len(b.batches), len(b.pending), item[0].request.id))
+
+    for i in range(4):
+        s.submit(req(str(i), [10 * i + 1], max_tokens=5), sink=Sink())
+    steps = 0
+    while s.step():
+        steps += 1
+        assert all(decoded == len(b.batches) and pending == 0 for decoded, pending, _ in seen)
+        assert {rid for _, _, rid in seen} == {"0", "1", "2", "3"}  # every generating sequence, in one burst
+        seen.clear()
+    assert steps == 5
+
+
+def test_without_a_prefill_chunk_prompts_fill_the_rest_of_every_batch():
+    """Throughput first (`infer batch`): beside generating sequences, prompts take all the room the batch has."""
+    b = FakeBackend(n_seq=4, n_ctx_seq=512, n_batch=64)
+    s = Scheduler(b, threaded=False, prefill_chunk=None)
+    q = queue.SimpleQueue()
+    s.submit(req("first", [1], max_tokens=50), sink=q)
+    s.step()  # its prompt
+    for i in range(3):
+        s.submit(req(str(i), range(100 + 100 * i, 160 + 100 * i), max_tokens=5), sink=q)
+    s.step()
+    assert len(b.batches[-1]) == 64  # 1 generating token + 63 prompt tokens
+    chunked = Scheduler(FakeBackend(n_seq=4, n_ctx_seq=512, n_batch=64), threaded=False, prefill_chunk=8)
+    chunked.submit(req("first", [1], max_tokens=50), sink=q)
+    chunked.step()
+    for i in range(3):
+        chunked.submit(req(str(i), range(100 + 100 * i, 160 + 100 * i), max_tokens=5), sink=q)
+    chunked.step()
+    assert len(chunked.backend.batches[-1]) == 1 + 8
+    run_all(s)
+    run_all(chunked)

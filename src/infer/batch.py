@@ -693,7 +693,7 @@ class _Prompts:
         else:
             tokens = self.model.tokenize(job.prompt)
         return Request(tokens=tokens, sampling=Sampling(**merged), id=job.custom_id,
-                       speculation=self.settings.speculation)
+                       speculation=self.settings.speculation, stream=False)  # a line needs its whole text only
 
     def n_vocab(self) -> int | None:
         if not hasattr(self, "_n_vocab"):
@@ -743,7 +743,8 @@ def execute(path: Path, writer: Writer, existing: Existing, model, settings: Set
     """Run every line not yet answered; write each result as it finishes. On KeyboardInterrupt, what
     finished is written and the summary says interrupted (the caller re-raises)."""
     summary = Summary(requests=total, done_before=existing.done, ok=len(existing.ok), failed=len(existing.failed))
-    sched = model.scheduler(n_seq=settings.parallel, n_ctx_seq=settings.ctx_size)
+    # throughput first: prompts fill each step's batch beside the generating sequences (no reader waits on a token)
+    sched = model.scheduler(n_seq=settings.parallel, n_ctx_seq=settings.ctx_size, prefill_chunk=None)
     prompts = _Prompts(model, settings)
     sink: queue.SimpleQueue = queue.SimpleQueue()
     flights: dict = {}

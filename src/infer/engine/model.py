@@ -14,6 +14,7 @@ created with the size it needs. Decoding is incremental (codecs), one call per t
 from __future__ import annotations
 
 import ctypes
+import os
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -22,7 +23,7 @@ from typing import Iterator
 from infer import hardware
 from infer.engine.events import Event
 from infer.engine.sampling import Sampling
-from infer.engine.scheduler import Request, Scheduler
+from infer.engine.scheduler import PREFILL_CHUNK, Request, Scheduler
 from infer.engine.speculate import Speculation
 from infer.errors import BadModel, ContextOverflow, InferError, UsageError
 from infer.gguf_meta import check_gguf
@@ -268,20 +269,22 @@ class Model:
         want = max(MIN_CTX, -(-want // CTX_GRANULE) * CTX_GRANULE)
         return min(want, self.n_ctx_train) if self.n_ctx_train > 0 else want
 
-    def scheduler(self, n_seq: int, n_ctx_seq: int) -> Scheduler:
+    def scheduler(self, n_seq: int, n_ctx_seq: int, prefill_chunk: int | None = PREFILL_CHUNK) -> Scheduler:
         """The scheduler that owns this model's one context: `n_seq` sequences of `n_ctx_seq` tokens each.
-        An existing one is reused when it is as large; otherwise it is replaced (when idle)."""
+        An existing one is reused when it is as large; otherwise it is replaced (when idle). `prefill_chunk`: prompt
+        tokens a step may add beside generating sequences (None: as many as the batch holds, for throughput)."""
         old = self._sched
-        if old is not None and old.n_seq == n_seq and old.n_ctx_seq >= n_ctx_seq:
+        if old is not None and not old.closed and old.n_seq == n_seq and old.n_ctx_seq >= n_ctx_seq:
+            old.prefill_chunk = prefill_chunk
             return old
         if old is not None:
-            old.close()
+            old.close()  # a second close is harmless
             old.backend.free()
             self._sched = None
         t0 = time.perf_counter()
         backend = LlamaBackend(self, n_seq, n_ctx_seq)
         self.load_s += time.perf_counter() - t0
-        self._sched = Scheduler(backend, load_s=self.load_s)
+        self._sched = Scheduler(backend, load_s=self.load_s, prefill_chunk=prefill_chunk)
         return self._sched
 
     @property
@@ -497,6 +500,17 @@ def _new_context(model: Model, params, what: str, hint: str):
         raise InferError(f"llama.cpp could not create a {what}" + (f": {detail}" if detail else ""), hint=hint) from e
 
 
+ARGMAX_THREADS = max(1, min(8, (os.cpu_count() or 2) // 2))
+ARGMAX_SPLIT = 1 << 22  # logits in a step (rows x vocabulary) from which their argmax is shared among threads
+
+
+def argmax_parts(rows: int, n_vocab: int, on_gpu: bool) -> int:
+    """How many threads share the argmax of a step's logits: on a GPU host, whose CPU idles while the GPU decodes,
+    many long rows (64 x 128k = 32 MB: ~1 ms for one thread) in chunks of 8 rows or more; on the CPU, one (llama.cpp's
+    own threads need the cores)."""
+    if not on_gpu or rows * n_vocab < ARGMAX_SPLIT:
+        return 1
+    return max(1, min(rows // 8, ARGMAX_THREADS))
 LOGPROB_FLOOR = -9999.0  # the logprob of an impossible token (vLLM's value): JSON has no -inf
 _GREEDY = object()  # the sampler of a plain greedy request: an argmax, no llama.cpp sampler chain
 
@@ -533,6 +547,10 @@ class LlamaBackend:
         b = self._batch
         self._token, self._pos, self._nseq, self._seq, self._logits = b.token, b.pos, b.n_seq_id, b.seq_id, b.logits
         self._n = 0
+        self._rows = [0] * self.n_batch  # batch index -> its row among the outputs (the logits llama.cpp returns)
+        self._n_out = self._outputs = 0  # outputs in the batch being filled, and in the one decoded last
+        self._argmax: dict[int, int] = {}  # batch index -> the argmax of its row, for the greedy rows of a step
+        self._pool = None  # threads for the argmax of many long rows
         self._one = (lib.llama_token * 1)()
         self._single = False  # the pending batch is one token of sequence 0: decode it through llama_batch_get_one
         self._buf = ctypes.create_string_buffer(256)
@@ -549,11 +567,15 @@ class LlamaBackend:
         self._nseq[i] = 1
         self._seq[i][0] = seq
         self._logits[i] = logits
+        if logits:
+            self._rows[i] = self._n_out
+            self._n_out += 1
         self._n = i + 1
         self._single = i == 0 and seq == 0 and logits
 
     def decode(self) -> None:
         n, self._n = self._n, 0
+        self._outputs, self._n_out, self._argmax = self._n_out, 0, {}
         if n == 0:
             return
         if n == 1 and self._single:  # the per-token path of one sequence: llama.cpp places it after the last one
@@ -566,7 +588,31 @@ class LlamaBackend:
             reason = {1: "no room left in the KV cache", 2: "aborted"}.get(rc, "error")
             raise InferError(f"llama_decode failed ({reason}, code {rc})", hint="try a smaller --ctx-size or --parallel")
 
+    def presample(self, wanted: list[tuple[object, int]]) -> None:
+        """Before the step's samples: when every output of the batch just decoded is a greedy one, their argmaxes in
+        one pass over llama.cpp's logits (64 rows of a 128k vocabulary are 32 MB a step; on a GPU host, several
+        threads share it: the CPU is idle while the GPU decodes), instead of one call per row."""
+        rows = [i for sampler, i in wanted if sampler is _GREEDY]
+        if len(rows) < 8 or len(rows) != self._outputs or len(set(rows)) != self._outputs:
+            return
+        np = self._np
+        logits = np.ctypeslib.as_array(self._lib.llama_get_logits(self.ctx), shape=(self._outputs, self._n_vocab))
+        parts = argmax_parts(self._outputs, self._n_vocab, self.model.where == "GPU")
+        if parts <= 1:
+            best = logits.argmax(axis=1)
+        else:
+            if self._pool is None:
+                from concurrent.futures import ThreadPoolExecutor
+
+                self._pool = ThreadPoolExecutor(ARGMAX_THREADS, thread_name_prefix="infer-argmax")
+            bounds = [self._outputs * k // parts for k in range(parts + 1)]
+            best = np.concatenate(list(self._pool.map(lambda k: logits[bounds[k]:bounds[k + 1]].argmax(axis=1),
+                                                      range(parts))))
+        self._argmax = {i: int(best[self._rows[i]]) for i in rows}
+
     def sample(self, sampler, index: int) -> int:
+        if sampler is _GREEDY and index in self._argmax:
+            return self._argmax[index]
         if sampler is _GREEDY:  # argmax over the row: what llama.cpp's greedy sampler picks (the first maximum),
             # without building its 100k-entry candidate array per token (the cost that caps batched decoding)
             row = self._lib.llama_get_logits_ith(self.ctx, index)
@@ -635,6 +681,9 @@ class LlamaBackend:
         self._lib.llama_synchronize(self.ctx)
 
     def free(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
         if self._batch is not None:
             self._lib.llama_batch_free(self._batch)
             self._batch = None
@@ -792,6 +841,9 @@ class Embedder:
         return out
 
     def free(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
         if self._batch is not None:
             self._lib.llama_batch_free(self._batch)
             self._batch = None

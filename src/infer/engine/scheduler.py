@@ -51,6 +51,7 @@ class Backend(Protocol):
 
     def add(self, token: int, pos: int, seq: int, logits: bool) -> None: ...
     def decode(self) -> None: ...  # decodes the pending batch and empties it; raises InferError
+    def presample(self, wanted: list[tuple[object, int]]) -> None: ...  # the (sampler, index) pairs sample() will get
     def sample(self, sampler: object, index: int) -> int: ...  # index: position in the decoded batch
     def logprobs(self, index: int, token: int, top: int) -> tuple[float, list[tuple[int, float]]]: ...  # log-softmax
     def forget(self, seq: int, start: int) -> None: ...  # drop the slot's KV cells from `start` on
@@ -68,6 +69,7 @@ class Request:
     id: str = ""
     speculation: Speculation | None = None
     logprobs: int | None = None  # report each token's logprob and this many alternatives (None: computed never)
+    stream: bool = True  # False: the whole text comes as one Text just before Done (a batch line, not a reader)
 
 
 class Handle:
@@ -141,11 +143,12 @@ class _Seq:
     leader: "_Seq | None" = field(default=None, repr=False, compare=False)  # reads the prompt for this one
     followers: list["_Seq"] = field(default_factory=list, repr=False, compare=False)  # get a copy of its KV
     logprobs: list[TokenLogprob] = field(default_factory=list)  # of tokens not yet sent with a Text
+    text: list[str] | None = None  # the text so far, when the request does not stream
 
 
 class Scheduler:
     def __init__(self, backend: Backend, *, load_s: float = 0.0, threaded: bool = True,
-                 prefill_chunk: int = PREFILL_CHUNK):
+                 prefill_chunk: int | None = PREFILL_CHUNK):
         self.backend = backend
         self.load_s = load_s
         self.prefill_chunk = prefill_chunk
@@ -157,6 +160,7 @@ class Scheduler:
         self._cond = threading.Condition(threading.RLock())  # re-entrant: a signal handler may cancel
         self._live: set[Handle] = set()  # submitted and not yet finished
         self._closed = False
+        self._outbox: list[tuple[Handle, object]] = []  # events of this step, delivered when it ends
         self.steps = 0
         self._thread = None
         if threaded:
@@ -217,6 +221,10 @@ class Scheduler:
                 handle.cancelled.set()
             self._cond.notify()
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
     def stats(self) -> dict:
         with self._cond:
             return {"busy": len(self.active), "free": self.n_seq - len(self.active), "waiting": len(self.waiting)}
@@ -253,7 +261,23 @@ class Scheduler:
                 self._fail_all(e if isinstance(e, InferError) else InferError(f"engine error: {type(e).__name__}: {e}"))
 
     def step(self) -> bool:
-        """One scheduling step; False when there was nothing to do."""
+        """One scheduling step; False when there was nothing to do. Its events are delivered together at its end:
+        a consumer in another thread then wakes once a step, and reads them while the next decode runs, instead of
+        taking the interpreter lock from this thread at every token of every sequence."""
+        try:
+            return self._step()
+        finally:
+            self._flush()
+
+    def _post(self, handle: Handle, event) -> None:
+        self._outbox.append((handle, event))
+
+    def _flush(self) -> None:
+        outbox, self._outbox = self._outbox, []
+        for handle, event in outbox:
+            handle._emit(event)
+
+    def _step(self) -> bool:
         self._reap_cancelled()
         self._admit()
         if not self.active:
@@ -277,7 +301,7 @@ class Scheduler:
             for h in gone:
                 self.waiting = deque((w, t) for w, t in self.waiting if w is not h)
         for h in gone:
-            h._emit(self._done(None, "cancelled", h.request, time.perf_counter()))
+            self._post(h, self._done(None, "cancelled", h.request, time.perf_counter()))
         for seq in [s for s in self.active.values() if s.handle.cancelled.is_set()]:
             self._finish(seq, reason="cancelled")
 
@@ -320,12 +344,12 @@ class Scheduler:
         try:
             sampler = b.new_sampler(req.sampling)
         except InferError as e:
-            handle._emit(Failed(e))
+            self._post(handle, Failed(e))
             return None
         budget = min(req.sampling.max_tokens or self.n_ctx_seq, self.n_ctx_seq - len(req.tokens))
         seq = _Seq(handle=handle, slot=slot, prompt=req.tokens, budget=budget, sampler=sampler, cached=cached,
                    read=cached, t_submit=t_submit, t_admit=time.perf_counter(),
-                   stops=StopMatcher(req.sampling.stop))
+                   stops=StopMatcher(req.sampling.stop), text=None if req.stream else [])
         spec = req.speculation
         if spec is not None and spec.lookup:
             seq.spec = Lookup(req.tokens, spec)
@@ -335,7 +359,7 @@ class Scheduler:
                                    b._n_vocab)
             except InferError as e:
                 b.free_sampler(sampler)
-                handle._emit(Failed(e))
+                self._post(handle, Failed(e))
                 return
         self.slot_used[slot] = next(self._clock)
         self.active[slot] = seq
@@ -355,8 +379,9 @@ class Scheduler:
                 seq.pending = None
                 fed.append(seq)
         room = self.backend.n_batch - self._n_batched
-        if fed:  # others are waiting for their next token: read prompts one bounded chunk at a time, smaller the more
-            # sequences wait (each waits for the whole step): at 8 sequences 64 tokens, so no step stalls them long
+        if fed and self.prefill_chunk is not None:  # others wait for their next token: read prompts one bounded chunk
+            # at a time, smaller the more sequences wait (each waits for the whole step): at 8 sequences 64 tokens, so
+            # no step stalls them long. None (throughput first: `infer batch`): prompts fill the rest of the batch
             room = min(room, max(min(MIN_PREFILL_CHUNK, self.prefill_chunk), self.prefill_chunk // len(fed)))
         for seq in sorted(self.active.values(), key=lambda s: s.t_admit):
             left = len(seq.prompt) - seq.read
@@ -395,6 +420,8 @@ class Scheduler:
 
     def _postprocess(self, fed: list[_Seq]) -> None:
         now = time.perf_counter()
+        self.backend.presample([(s.sampler, s.logits_at + j) for s in fed if s.logits_at >= 0
+                                for j in range(len(s.draft) + 1)])
         for seq in fed:
             if seq.logits_at < 0:
                 continue  # a prompt chunk that is not the last: nothing to sample yet
@@ -481,21 +508,26 @@ class Scheduler:
         if failed is not None:  # the slot's KV is in an unknown state: start it afresh
             b.forget(seq.slot, 0)
             self.slot_tokens[seq.slot].clear()
-            seq.handle._emit(Failed(failed))
+            self._post(seq.handle, Failed(failed))
             return
         if reason != "cancelled":
             tail = seq.stops.flush() + seq.decoder.decode(b"", final=True) if flush else ""
             if tail or seq.logprobs:
                 self._emit_text(seq, tail)
-        seq.handle._emit(self._done(seq, reason, seq.handle.request, time.perf_counter()))
+            if seq.text:
+                self._post(seq.handle, Text("".join(seq.text), tuple(seq.logprobs)) if seq.logprobs
+                           else Text("".join(seq.text)))
+        self._post(seq.handle, self._done(seq, reason, seq.handle.request, time.perf_counter()))
 
     def _emit_text(self, seq: _Seq, text: str) -> None:
         """Text, with the logprobs of the tokens behind it (those of a stop string come with the last Text)."""
-        if seq.logprobs:
-            seq.handle._emit(Text(text, tuple(seq.logprobs)))
+        if seq.text is not None:  # not streamed: kept for the one Text at the end, logprobs too
+            seq.text.append(text)
+        elif seq.logprobs:
+            self._post(seq.handle, Text(text, tuple(seq.logprobs)))
             seq.logprobs.clear()
         else:
-            seq.handle._emit(Text(text))
+            self._post(seq.handle, Text(text))
 
     def _logprob(self, index: int, token: int, piece: bytes, top: int) -> TokenLogprob:
         logprob, alternatives = self.backend.logprobs(index, token, top)
@@ -525,9 +557,10 @@ class Scheduler:
         with self._cond:
             waiting, self.waiting = list(self.waiting), deque()
         for h, _ in waiting:
-            h._emit(Failed(error))
+            self._post(h, Failed(error))
         for seq in list(self.active.values()):
             self._finish(seq, failed=error)
+        self._flush()
 
 
 def _keep_signals_for_the_main_thread() -> None:
