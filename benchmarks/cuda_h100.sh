@@ -6,6 +6,8 @@
 #            streaming generation vs llama-completion
 #   throughput: continuous batching (benchmarks/throughput.py) at 1, 16, 64 sequences against
 #            llama-batched-bench and llama-server -np N
+#   stream:  one streamed greedy answer, `infer run` (with and without backend sampling) against llama-completion
+#   batch:   the whole `infer batch` command at 1, 16, 64 sequences against the same native tools (benchmarks/batch.py)
 #   serve:   `infer serve -ngl 99` against `llama-server -np N` with streaming clients (benchmarks/serve.py),
 #            N = 1, 16, 64, and `infer run --host` against a cold `infer run`
 #   rpc:     the GPU host plus a CPU worker on the same machine (`infer worker --device CPU`), against native
@@ -87,6 +89,39 @@ throughput() {
   python3 benchmarks/throughput.py -m "$MODEL" --ngl 99 --parallel 1 16 64 --requests 64 -p 128 -n 128 \
     --bin "$OUT_DIR/build/bin" --rounds "${ROUNDS:-2}" 2>&1 | tee "$RESULTS/throughput.txt"
   cp benchmarks/results/throughput.json "$RESULTS/" 2>/dev/null || true
+}
+
+stream() {  # one streamed greedy answer: llama-completion (eval + sampling) against `infer run`, whose greedy
+  # token is sampled inside the decode on a GPU (backend sampling), and the same with INFER_BACKEND_SAMPLING=0
+  B=$OUT_DIR/build/bin; : > "$RESULTS/stream.txt"
+  for i in 1 2 3; do
+    "$B/llama-completion" -m "$MODEL" -ngl 99 -fa on -n 256 --ignore-eos -no-cnv -p "Once upon a time" --temp 0 \
+      2>&1 >/dev/null | grep -E "sampling time|  eval time" | tr '\n' ' ' | sed 's/^/native /' >> "$RESULTS/stream.txt"
+    echo >> "$RESULTS/stream.txt"
+    for bs in auto 0; do
+      INFER_BACKEND_SAMPLING=$bs infer run -m "$MODEL" --raw --flash-attn on -n 256 --temperature 0 --json "Once upon a time" \
+        | python3 -c "import json,sys; d=json.load(sys.stdin); print('infer-$bs', d['timings']['gen_tps'])" >> "$RESULTS/stream.txt"
+    done
+  done
+  python3 - "$RESULTS/stream.txt" <<'PY'
+import re, statistics, sys
+native, ours = [], {"auto": [], "0": []}
+for line in open(sys.argv[1]):
+    s = re.search(r"sampling time =\s+([\d.]+) ms", line); e = re.search(r"eval time =\s+([\d.]+) ms /\s+(\d+) runs", line)
+    if s and e:
+        native.append(int(e.group(2)) / ((float(s.group(1)) + float(e.group(1))) / 1000))
+    elif line.startswith("infer-"):
+        k, v = line.split(); ours[k[6:]].append(float(v))
+med = statistics.median
+print(f"llama-completion {med(native):.0f} tok/s; infer run {med(ours['auto']):.0f} (in-graph sampling), "
+      f"{med(ours['0']):.0f} (argmax on the CPU); ratios {med(ours['auto']) / med(native):.3f} / {med(ours['0']) / med(native):.3f}")
+PY
+}
+
+batch() {  # the whole `infer batch` command (JSONL in, fsynced JSONL out) against the same native tools
+  python3 benchmarks/batch.py -m "$MODEL" --ngl 99 --parallel 1 16 64 --requests 64 -p 128 -n 128 \
+    --bin "$OUT_DIR/build/bin" --rounds "${ROUNDS:-1}" 2>&1 | tee "$RESULTS/batch.txt"
+  cp benchmarks/results/batch.json "$RESULTS/" 2>/dev/null || true
 }
 
 serve() {

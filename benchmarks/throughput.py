@@ -40,7 +40,7 @@ def infer_waves(model, k: int, requests: int, p: int, n: int, seed: int) -> dict
     rng = random.Random(seed)
     n_vocab = model._lib.llama_vocab_n_tokens(model.vocab)
     prompts = [[rng.randrange(100, n_vocab) for _ in range(p)] for _ in range(requests)]
-    sched = model.scheduler(k, -(-(p + n + 8) // 256) * 256)
+    sched = model.scheduler(k, -(-(p + n + 8) // 256) * 256, prefill_chunk=None)  # as `infer batch` runs it
     sampling = Sampling(temperature=0, max_tokens=n, ignore_eos=True)
     warm = sched.submit(Request(prompts[0][:8], Sampling(temperature=0, max_tokens=4)))
     list(warm)
@@ -49,7 +49,7 @@ def infer_waves(model, k: int, requests: int, p: int, n: int, seed: int) -> dict
         q: queue.SimpleQueue = queue.SimpleQueue()
         t0 = time.perf_counter()
         for i, tokens in enumerate(batch):
-            sched.submit(Request(tokens, sampling, id=str(i)), sink=q)
+            sched.submit(Request(tokens, sampling, id=str(i), stream=False), sink=q)
         dones = []
         while len(dones) < len(batch):
             _, event = q.get()
