@@ -30,6 +30,7 @@ class FakeBackend:
         self.cycle = cycle  # tokens follow 1..cycle round and round (text that repeats: speculation hits)
         self.logprob_reads = 0
         self.copies = []
+        self.clock = None
 
     def add(self, token, pos, seq, logits):
         assert len(self.pending) < self.n_batch, "batch overflow"
@@ -37,6 +38,8 @@ class FakeBackend:
 
     def decode(self):
         batch, self.pending = self.pending, []
+        if self.clock is not None:  # the time this hardware would take for the batch
+            self.clock.now += self.clock.per_token * len(batch)
         if self.fail_next:
             self.fail_next = False
             raise InferError("decode failed")
@@ -91,6 +94,24 @@ class FakeBackend:
 
     def piece(self, token):
         return f"t{token} ".encode()
+
+
+class FakeClock:
+    """The scheduler's clock: decoding a batch takes `per_token` seconds a token (FakeBackend advances it)."""
+
+    def __init__(self, per_token: float):
+        self.now, self.per_token = 1000.0, per_token
+
+    def perf_counter(self) -> float:
+        return self.now
+
+
+def timed(b: FakeBackend, monkeypatch, per_token: float) -> FakeBackend:
+    import infer.engine.scheduler as scheduler_module
+
+    b.clock = FakeClock(per_token)
+    monkeypatch.setattr(scheduler_module, "time", b.clock)
+    return b
 
 
 def run_all(sched: Scheduler, limit: int = 1000) -> None:
@@ -162,8 +183,8 @@ def test_many_requests_share_steps_and_a_freed_slot_is_taken_mid_flight():
     assert b.samplers_live == 0
 
 
-def test_chunked_prefill_never_stalls_a_generating_sequence():
-    b = FakeBackend(n_seq=2, n_ctx_seq=256, n_batch=64)
+def test_chunked_prefill_never_stalls_a_generating_sequence(monkeypatch):
+    b = timed(FakeBackend(n_seq=2, n_ctx_seq=256, n_batch=64), monkeypatch, per_token=0.01)  # 100 tokens a second
     s = Scheduler(b, threaded=False, prefill_chunk=8)
     q = queue.SimpleQueue()
     s.submit(req("gen", [1], max_tokens=30), sink=q)
@@ -180,10 +201,10 @@ def test_chunked_prefill_never_stalls_a_generating_sequence():
             assert len(batch) == len(big) + 1
 
 
-def test_the_prefill_chunk_is_shared_among_the_sequences_that_wait():
+def test_the_prefill_chunk_is_shared_among_the_sequences_that_wait(monkeypatch):
     # four sequences generating: each step carries their four tokens and at most 512 / 4 prompt tokens, so the
     # more sequences wait on a step, the shorter it is (never below 64, or the configured chunk if smaller)
-    b = FakeBackend(n_seq=5, n_ctx_seq=512, n_batch=256)
+    b = timed(FakeBackend(n_seq=5, n_ctx_seq=512, n_batch=256), monkeypatch, per_token=0.005)  # a CPU's 200 tok/s
     s = Scheduler(b, threaded=False)
     q = queue.SimpleQueue()
     for i in range(4):
@@ -555,9 +576,10 @@ def test_the_events_of_a_step_are_delivered_when_it_ends():
     assert steps == 5
 
 
-def test_without_a_prefill_chunk_prompts_fill_the_rest_of_every_batch():
-    """Throughput first (`infer batch`): beside generating sequences, prompts take all the room the batch has."""
-    b = FakeBackend(n_seq=4, n_ctx_seq=512, n_batch=64)
+def test_without_a_prefill_chunk_prompts_fill_the_rest_of_every_batch(monkeypatch):
+    """Throughput first (`infer batch`): beside generating sequences, prompts take all the room the batch has,
+    even on slow hardware (a CPU's 100 tokens a second), where a chunked step would take 8."""
+    b = timed(FakeBackend(n_seq=4, n_ctx_seq=512, n_batch=64), monkeypatch, per_token=0.01)
     s = Scheduler(b, threaded=False, prefill_chunk=None)
     q = queue.SimpleQueue()
     s.submit(req("first", [1], max_tokens=50), sink=q)
@@ -566,7 +588,9 @@ def test_without_a_prefill_chunk_prompts_fill_the_rest_of_every_batch():
         s.submit(req(str(i), range(100 + 100 * i, 160 + 100 * i), max_tokens=5), sink=q)
     s.step()
     assert len(b.batches[-1]) == 64  # 1 generating token + 63 prompt tokens
-    chunked = Scheduler(FakeBackend(n_seq=4, n_ctx_seq=512, n_batch=64), threaded=False, prefill_chunk=8)
+    slow = FakeBackend(n_seq=4, n_ctx_seq=512, n_batch=64)
+    slow.clock = b.clock
+    chunked = Scheduler(slow, threaded=False, prefill_chunk=8)
     chunked.submit(req("first", [1], max_tokens=50), sink=q)
     chunked.step()
     for i in range(3):
@@ -575,3 +599,20 @@ def test_without_a_prefill_chunk_prompts_fill_the_rest_of_every_batch():
     assert len(chunked.backend.batches[-1]) == 1 + 8
     run_all(s)
     run_all(chunked)
+
+
+def test_hardware_that_reads_a_prompt_fast_gets_more_of_it_in_a_step(monkeypatch):
+    """Where a step reads STEP_BUDGET_S worth of tokens beyond the sequences' share (a GPU), prompts get that much:
+    four generating sequences, 20,000 tokens a second: 1,000 tokens in 50 ms, capped by the batch."""
+    b = timed(FakeBackend(n_seq=5, n_ctx_seq=1024, n_batch=256), monkeypatch, per_token=0.00005)
+    s = Scheduler(b, threaded=False)
+    q = queue.SimpleQueue()
+    for i in range(4):
+        s.submit(req(f"gen{i}", [1 + i], max_tokens=60), sink=q)
+    s.step()
+    s.step()  # a step of generation only: its speed is measured
+    assert s.rate == pytest.approx(20_000)
+    s.submit(req("big", range(1000, 1600), max_tokens=1), sink=q)
+    run_all(s)
+    sizes = [n for n in (len([t for t, *_ in batch if 1000 <= t < 1600]) for batch in b.batches) if n]
+    assert sizes == [252, 252, 96]  # the batch's room beside the four tokens, not 512 / 4

@@ -39,6 +39,7 @@ from infer.errors import ContextOverflow, InferError, UsageError
 
 PREFILL_CHUNK = 512  # prompt tokens a step may add while one other sequence is generating (divided among more)
 MIN_PREFILL_CHUNK = 64
+STEP_BUDGET_S = 0.05  # ... or as many as this hardware reads in this time, when that is more (a GPU)
 MIN_PREFIX_REUSE = 1  # the in-memory slot cache reuses any common prefix (it costs nothing to keep)
 
 
@@ -148,10 +149,11 @@ class _Seq:
 
 class Scheduler:
     def __init__(self, backend: Backend, *, load_s: float = 0.0, threaded: bool = True,
-                 prefill_chunk: int | None = PREFILL_CHUNK):
+                 prefill_chunk: int | None = PREFILL_CHUNK, step_budget_s: float = STEP_BUDGET_S):
         self.backend = backend
         self.load_s = load_s
         self.prefill_chunk = prefill_chunk
+        self.step_budget_s = step_budget_s
         self.waiting: deque[tuple[Handle, float]] = deque()
         self.active: dict[int, _Seq] = {}
         self.slot_tokens: list[list[int]] = [[] for _ in range(backend.n_seq)]  # what each slot's KV holds
@@ -161,6 +163,7 @@ class Scheduler:
         self._live: set[Handle] = set()  # submitted and not yet finished
         self._closed = False
         self._outbox: list[tuple[Handle, object]] = []  # events of this step, delivered when it ends
+        self.rate = 0.0  # tokens per second a step decodes (a running average): what a prefill budget buys
         self.steps = 0
         self._thread = None
         if threaded:
@@ -285,6 +288,7 @@ class Scheduler:
         fed = self._schedule()
         if not fed:
             return False
+        t0, n = time.perf_counter(), self._n_batched
         try:
             self.backend.decode()
         except InferError as e:
@@ -292,7 +296,10 @@ class Scheduler:
                 self._finish(seq, failed=e)
             return True
         self.steps += 1
-        self._postprocess(fed)
+        self._postprocess(fed)  # its first sample waits for the decode (a GPU decodes asynchronously)
+        took = time.perf_counter() - t0
+        if took > 0:
+            self.rate = n / took if not self.rate else 0.8 * self.rate + 0.2 * n / took
         return True
 
     def _reap_cancelled(self) -> None:
@@ -381,8 +388,11 @@ class Scheduler:
         room = self.backend.n_batch - self._n_batched
         if fed and self.prefill_chunk is not None:  # others wait for their next token: read prompts one bounded chunk
             # at a time, smaller the more sequences wait (each waits for the whole step): at 8 sequences 64 tokens, so
-            # no step stalls them long. None (throughput first: `infer batch`): prompts fill the rest of the batch
-            room = min(room, max(min(MIN_PREFILL_CHUNK, self.prefill_chunk), self.prefill_chunk // len(fed)))
+            # no step stalls them long; more where the hardware reads that many in STEP_BUDGET_S (a GPU: there the
+            # share alone would hold the 64th prompt back for 100 steps). None (throughput first: `infer batch`):
+            # prompts fill the rest of the batch
+            share = max(min(MIN_PREFILL_CHUNK, self.prefill_chunk), self.prefill_chunk // len(fed))
+            room = min(room, max(share, int(self.rate * self.step_budget_s)))
         for seq in sorted(self.active.values(), key=lambda s: s.t_admit):
             left = len(seq.prompt) - seq.read
             if room <= 0:
