@@ -849,9 +849,6 @@ class Embedder:
         return out
 
     def free(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown()
-            self._pool = None
         if self._batch is not None:
             self._lib.llama_batch_free(self._batch)
             self._batch = None
