@@ -117,8 +117,10 @@ def test_the_argmax_of_a_whole_step_picks_what_one_row_at_a_time_picks(model, mo
         for slot in range(8):
             backend.forget(slot, 0)
         q: queue.SimpleQueue = queue.SimpleQueue()
-        for i, t in enumerate(tokens):
-            model._sched.submit(Request(t, Sampling(temperature=0, max_tokens=16, ignore_eos=True), id=str(i)), sink=q)
+        with model._sched._cond:  # the scheduler's thread admits all eight at once: they generate in the same steps
+            for i, t in enumerate(tokens):
+                model._sched.submit(Request(t, Sampling(temperature=0, max_tokens=16, ignore_eos=True), id=str(i)),
+                                    sink=q)
         texts, done = {}, 0
         while done < 8:
             handle, event = q.get(timeout=300)
@@ -137,8 +139,11 @@ def test_the_argmax_of_a_whole_step_picks_what_one_row_at_a_time_picks(model, mo
     monkeypatch.setattr(backend, "presample", counted)
     at_once = answers()
     assert max(whole_steps) == 8  # the steps where all eight generated were argmaxed in one pass
+    assert backend._pool is None  # on the CPU, one thread
     monkeypatch.setattr(engine_model, "argmax_parts", lambda rows, n_vocab, on_gpu: 3)
+    whole_steps.clear()
     split = answers()
+    assert max(whole_steps) == 8 and backend._pool is not None  # split among threads, as on a GPU host
     monkeypatch.setattr(backend, "presample", lambda wanted: None)
     one_by_one = answers()
     assert at_once == split == one_by_one and len(at_once) == 8

@@ -31,6 +31,7 @@ class FakeBackend:
         self.logprob_reads = 0
         self.copies = []
         self.clock = None
+        self.samples = 0  # calls of sample(), all steps together
 
     def add(self, token, pos, seq, logits):
         assert len(self.pending) < self.n_batch, "batch overflow"
@@ -57,6 +58,7 @@ class FakeBackend:
         assert index in self.presampled, "sampled a row that presample was not told of"
         token, _, seq, logits = self.batches[-1][index]
         assert logits, "sampled a position that has no logits"
+        self.samples += 1
         n_gen = sampler["n"]
         sampler["n"] += 1
         if self.eog_after is not None and n_gen >= self.eog_after:
@@ -563,17 +565,39 @@ def test_the_events_of_a_step_are_delivered_when_it_ends():
 
     class Sink:
         def put(self, item):
-            seen.append((len(b.batches), len(b.pending), item[0].request.id))
+            seen.append((b.samples, item[0].request.id))
 
     for i in range(4):
         s.submit(req(str(i), [10 * i + 1], max_tokens=5), sink=Sink())
     steps = 0
     while s.step():
         steps += 1
-        assert all(decoded == len(b.batches) and pending == 0 for decoded, pending, _ in seen)
-        assert {rid for _, _, rid in seen} == {"0", "1", "2", "3"}  # every generating sequence, in one burst
+        # nothing reached the consumer before the step's last sample (sent as each token was taken, the first
+        # sequence's text would have gone out after one sample of four)
+        assert [n for n, _ in seen if n != b.samples] == []
+        assert {rid for _, rid in seen} == {"0", "1", "2", "3"}  # every generating sequence, in one burst
         seen.clear()
     assert steps == 5
+
+
+def test_a_consumer_that_raises_does_not_cost_the_others_their_events():
+    """One sink's error is raised once every event of the step is delivered: the other requests still get theirs."""
+    b = FakeBackend(n_seq=3, n_ctx_seq=64, n_batch=16)
+    s = Scheduler(b, threaded=False)
+    good = queue.SimpleQueue()
+
+    class Broken:
+        def put(self, item):
+            raise RuntimeError("the consumer broke")
+
+    s.submit(req("a", [1], max_tokens=3), sink=good)
+    s.submit(req("broken", [5], max_tokens=3), sink=Broken())
+    s.submit(req("c", [9], max_tokens=3), sink=good)
+    with pytest.raises(RuntimeError, match="the consumer broke"):
+        s.step()
+    got = drain(good)
+    assert sorted(got) == ["a", "c"] and all(isinstance(events[0], Text) for events in got.values())
+    assert s._outbox == []  # nothing left behind for a later step to send out of order
 
 
 def test_without_a_prefill_chunk_prompts_fill_the_rest_of_every_batch(monkeypatch):
@@ -599,6 +623,33 @@ def test_without_a_prefill_chunk_prompts_fill_the_rest_of_every_batch(monkeypatc
     assert len(chunked.backend.batches[-1]) == 1 + 8
     run_all(s)
     run_all(chunked)
+
+
+def test_the_rate_counts_prompt_steps_that_a_gpu_decodes_asynchronously(monkeypatch):
+    """A step of prompt chunks only returns before the hardware is done (nothing reads its logits); the next step's
+    first sample waits for both. Their tokens are counted together, so the rate is the hardware's, not half of it."""
+    b = timed(FakeBackend(n_seq=2, n_ctx_seq=1024, n_batch=256), monkeypatch, per_token=0.0001)
+    owed = []
+    decode = b.decode
+
+    def asynchronous():  # the work is queued; the clock moves when a result is read
+        now = b.clock.now
+        decode()
+        owed.append(b.clock.now - now)
+        b.clock.now = now
+
+    def wait(wanted):
+        b.clock.now += sum(owed)
+        owed.clear()
+        b.presampled = [i for _, i in wanted]
+
+    b.decode, b.presample = asynchronous, wait
+    s = Scheduler(b, threaded=False)
+    s.submit(req("long", range(1000, 1400), max_tokens=1), sink=queue.SimpleQueue())
+    s.step()  # 256 prompt tokens, no logits: it seems to take no time
+    assert s.rate == 0.0  # not measured yet
+    s.step()  # the other 144 and the first sample, which waits for all 400
+    assert s.rate == pytest.approx(10_000)
 
 
 def test_hardware_that_reads_a_prompt_fast_gets_more_of_it_in_a_step(monkeypatch):

@@ -46,6 +46,7 @@ SIDECAR_FORMAT = 1
 MAX_LINE = 64 << 20  # a longer line is an error line, never read into memory whole
 FLUSH_LINES = 16  # output lines per flush + fsync ...
 FLUSH_SECONDS = 1.0  # ... or sooner, when this much time has passed
+DRAIN_S = 10.0  # after Ctrl-C, how long to wait for the lines in flight to end (they end within a step)
 
 
 # -- input lines ------------------------------------------------------------------------------
@@ -790,11 +791,14 @@ def execute(path: Path, writer: Writer, existing: Existing, model, settings: Set
         summary.interrupted = True
         for handle in flights:
             handle.cancel()
-        while True:  # lines that finished before the Ctrl-C are kept
+        # lines that finished before the Ctrl-C, or in the step it interrupted, are kept: every flight ends within a
+        # step (finished, or cancelled at the next one); the deadline only guards against an engine that hangs
+        deadline = time.monotonic() + DRAIN_S
+        while flights and time.monotonic() < deadline:
             try:
-                handle, event = sink.get_nowait()
+                handle, event = sink.get(timeout=0.25)
             except queue.Empty:
-                break
+                continue
             _on_event(handle, event, flights, writer, summary, settings, fail)
     finally:
         summary.wall_s = time.perf_counter() - t0

@@ -164,6 +164,9 @@ class Scheduler:
         self._closed = False
         self._outbox: list[tuple[Handle, object]] = []  # events of this step, delivered when it ends
         self.rate = 0.0  # tokens per second a step decodes (a running average): what a prefill budget buys
+        self._timed = (0, 0.0)  # (tokens, first step's start) decoded since the last step whose logits were read
+        self._ema_n, self._ema_s = 0.0, 0.0  # running averages of a measured step's tokens and seconds
+        self._close_lock = threading.Lock()
         self.steps = 0
         self._thread = None
         if threaded:
@@ -234,12 +237,13 @@ class Scheduler:
 
     def close(self) -> None:
         """Stop the loop; requests still queued or running end with an error."""
-        with self._cond:
-            self._closed = True
-            self._cond.notify()
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join()
-        self._fail_all(InferError("the engine was shut down before the request finished"))
+        with self._close_lock:  # two threads may close at once (a signal, a server's shutdown): one fails the rest
+            with self._cond:
+                self._closed = True
+                self._cond.notify()
+            if self._thread is not None and self._thread is not threading.current_thread():
+                self._thread.join()
+            self._fail_all(InferError("the engine was shut down before the request finished"))
 
     def _forget_handle(self, handle: Handle) -> None:
         with self._cond:
@@ -277,30 +281,55 @@ class Scheduler:
 
     def _flush(self) -> None:
         outbox, self._outbox = self._outbox, []
-        for handle, event in outbox:
-            handle._emit(event)
+        error = None
+        for handle, event in outbox:  # every event is delivered, even when one consumer's raises
+            try:
+                handle._emit(event)
+            except BaseException as e:  # noqa: BLE001 - re-raised once the others are delivered
+                error = error or e
+        if error is not None:
+            raise error
 
     def _step(self) -> bool:
         self._reap_cancelled()
         self._admit()
-        if not self.active:
-            return False
-        fed = self._schedule()
+        fed = self._schedule() if self.active else []
         if not fed:
+            self._timed = (0, 0.0)  # idle time is not decode time
             return False
         t0, n = time.perf_counter(), self._n_batched
         try:
             self.backend.decode()
         except InferError as e:
+            self._timed = (0, 0.0)
             for seq in fed:
                 self._finish(seq, failed=e)
             return True
         self.steps += 1
-        self._postprocess(fed)  # its first sample waits for the decode (a GPU decodes asynchronously)
-        took = time.perf_counter() - t0
-        if took > 0:
-            self.rate = n / took if not self.rate else 0.8 * self.rate + 0.2 * n / took
+        read = any(seq.logits_at >= 0 for seq in fed)
+        self._postprocess(fed)
+        self._measure(t0, n, read)
         return True
+
+    def _measure(self, t0: float, n_step: int, read: bool) -> None:
+        """Update the decode rate. A GPU decodes asynchronously: a step whose logits nobody reads (prompt chunks only)
+        may return before its work is done, so its tokens are counted with the next step that reads logits (whose
+        first sample waits for all of it), from the first one's start. Tokens and seconds are averaged apart, so a
+        step of 500 prompt tokens weighs more than one of 4 generated ones."""
+        n, since = self._timed
+        n, since = n + n_step, since or t0
+        if not read:
+            self._timed = (n, since)
+            return
+        self._timed = (0, 0.0)
+        took = time.perf_counter() - since
+        if took <= 0:
+            return
+        if not self._ema_s:
+            self._ema_n, self._ema_s = float(n), took
+        else:
+            self._ema_n, self._ema_s = 0.8 * self._ema_n + 0.2 * n, 0.8 * self._ema_s + 0.2 * took
+        self.rate = self._ema_n / self._ema_s
 
     def _reap_cancelled(self) -> None:
         with self._cond:
@@ -386,12 +415,13 @@ class Scheduler:
                 seq.pending = None
                 fed.append(seq)
         room = self.backend.n_batch - self._n_batched
-        if fed and self.prefill_chunk is not None:  # others wait for their next token: read prompts one bounded chunk
+        chunk = self.prefill_chunk  # read once: Model.scheduler() may set it from another thread
+        if fed and chunk is not None:  # others wait for their next token: read prompts one bounded chunk
             # at a time, smaller the more sequences wait (each waits for the whole step): at 8 sequences 64 tokens, so
             # no step stalls them long; more where the hardware reads that many in STEP_BUDGET_S (a GPU: there the
             # share alone would hold the 64th prompt back for 100 steps). None (throughput first: `infer batch`):
             # prompts fill the rest of the batch
-            share = max(min(MIN_PREFILL_CHUNK, self.prefill_chunk), self.prefill_chunk // len(fed))
+            share = max(min(MIN_PREFILL_CHUNK, chunk), chunk // len(fed))
             room = min(room, max(share, int(self.rate * self.step_budget_s)))
         for seq in sorted(self.active.values(), key=lambda s: s.t_admit):
             left = len(seq.prompt) - seq.read
