@@ -6,6 +6,9 @@ import sys
 def entry() -> None:
     """The console script. The imports are inside the guard, so Ctrl-C during start-up ends quietly too."""
     try:
+        from infer import interrupts
+
+        interrupts.install()  # a Ctrl-C that lands inside a callback is delivered again, not dropped
         from infer.cli.fast import answer
 
         if answer(sys.argv[1:]):  # --version and the root --help, without importing Typer
