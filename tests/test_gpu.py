@@ -44,3 +44,35 @@ def test_run_offloads_every_layer(infer):
 def test_explicit_layer_count_and_cpu_only(infer):
     assert "running on: 4 of" in infer("run", "-m", MODEL, "--raw", "-n", "4", "-ngl", "4", "-v", "x").stderr
     assert "running on: CPU (as asked)" in infer("run", "-m", MODEL, "--raw", "-n", "4", "-ngl", "0", "--stats", "x").stderr
+
+
+@needs_gpu
+def test_a_model_loaded_as_the_commands_load_it_shares_a_large_argmax_among_threads(monkeypatch):
+    """`infer batch` and `serve` load through complete.load, which sets `where` to a sentence for people: the choice
+    to split a step's argmax among threads must not hang on it (it did, and every command ran it on one thread)."""
+    from pathlib import Path
+
+    from infer import complete
+    from infer.engine import LoadOptions, Sampling
+    from infer.engine import model as engine_model
+    from infer.engine.scheduler import Request
+    from infer.resolve import Resolved
+
+    model = complete.load(Resolved(Path(MODEL), "gpu-test"), LoadOptions(n_gpu_layers=-1, n_ctx=256))
+    try:
+        assert model.where != "GPU" and model.offloaded
+        n = 96  # rows a step: over ARGMAX_SPLIT logits even with a 49k vocabulary
+        sched = model.scheduler(n, 128)
+        seen = []
+        parts = engine_model.argmax_parts
+        monkeypatch.setattr(engine_model, "argmax_parts", lambda rows, n_vocab, on_gpu: seen.append(on_gpu) or
+                            parts(rows, n_vocab, on_gpu))
+        sampling = Sampling(temperature=0, max_tokens=4, ignore_eos=True)
+        with sched._cond:  # admitted together: n greedy rows a step
+            handles = [sched.submit(Request([1 + i, 2, 3], sampling, id=str(i))) for i in range(n)]
+        for h in handles:
+            list(h)
+        assert seen and all(seen)
+        assert (sched.backend._pool is not None) == (engine_model.ARGMAX_THREADS > 1)  # split where cores allow
+    finally:
+        model.close()

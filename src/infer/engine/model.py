@@ -124,11 +124,9 @@ def _install_log_sink(llama_cpp) -> None:
 
 
 def _redeliver_sigint() -> None:
-    import os
-    import signal
-    import threading
+    from infer.interrupts import redeliver_sigint
 
-    threading.Timer(0.02, os.kill, (os.getpid(), signal.SIGINT)).start()
+    redeliver_sigint()
 
 
 def _last_log_error() -> str:
@@ -226,7 +224,8 @@ class Model:
         self.draft_model: Model | None = None  # for draft-model speculation (attach_draft)
         self._draft_ctx: DraftContext | None = None
         self.n_layers = llama_cpp.llama_model_n_layer(self._model.model)
-        self.where = "CPU" if options.n_gpu_layers == 0 else "GPU"
+        self.where = "CPU" if options.n_gpu_layers == 0 else "GPU"  # for people: complete.load() writes a sentence
+        self.offloaded = options.n_gpu_layers != 0  # layers run on a GPU (or RPC workers): the CPU idles in a decode
 
     # -- text <-> tokens -------------------------------------------------------------------
     def tokenize(self, text: str, *, add_bos: bool | None = None, special: bool = True) -> list[int]:
@@ -283,9 +282,15 @@ class Model:
             self._sched = None
         t0 = time.perf_counter()
         backend = LlamaBackend(self, n_seq, n_ctx_seq)
+        try:
+            sched = Scheduler(backend, load_s=self.load_s, prefill_chunk=prefill_chunk)  # it warms the context up
+        except BaseException:
+            backend.free()
+            raise
         self.load_s += time.perf_counter() - t0
-        self._sched = Scheduler(backend, load_s=self.load_s, prefill_chunk=prefill_chunk)
-        return self._sched
+        sched.load_s = self.load_s
+        self._sched = sched
+        return sched
 
     @property
     def n_ctx(self) -> int:
@@ -562,6 +567,26 @@ class LlamaBackend:
 
         self._np = numpy
 
+    def warm_up(self) -> None:
+        """One throwaway decode as the context is made, as llama.cpp's tools and server do: the first decode pays
+        one-time costs (a GPU's libraries and kernels, the compute buffers, the pages of a mapped model), which
+        belong to loading, not to the first request's time to first token. The scheduler's thread calls it: the
+        CPU worker threads it starts are that thread's, with its signal mask."""
+        lib = self._lib
+        ends = (lib.llama_vocab_bos(self.vocab), lib.llama_vocab_eos(self.vocab))
+        warm = [t for t in ends if t != lib.LLAMA_TOKEN_NULL] or [0]
+        tokens = (lib.llama_token * len(warm))(*warm)
+        lib.llama_set_warmup(self.ctx, True)  # a mixture of experts runs every expert: all its weights are read
+        try:
+            rc = lib.llama_decode(self.ctx, lib.llama_batch_get_one(tokens, len(warm)))
+        finally:
+            lib.llama_set_warmup(self.ctx, False)
+        lib.llama_memory_clear(self._mem, True)
+        self.synchronize()
+        if rc != 0:
+            raise InferError(f"the model could not run in this context (llama_decode code {rc})",
+                             hint="try a smaller --ctx-size or --parallel")
+
     def add(self, token: int, pos: int, seq: int, logits: bool) -> None:
         i = self._n
         self._token[i] = token
@@ -599,7 +624,7 @@ class LlamaBackend:
             return
         np = self._np
         logits = np.ctypeslib.as_array(self._lib.llama_get_logits(self.ctx), shape=(self._outputs, self._n_vocab))
-        parts = argmax_parts(self._outputs, self._n_vocab, self.model.where == "GPU")
+        parts = argmax_parts(self._outputs, self._n_vocab, self.model.offloaded)
         if parts <= 1:
             best = logits.argmax(axis=1)
         else:

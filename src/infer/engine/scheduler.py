@@ -169,9 +169,21 @@ class Scheduler:
         self._close_lock = threading.Lock()
         self.steps = 0
         self._thread = None
+        self._warm_error: BaseException | None = None
         if threaded:
-            self._thread = threading.Thread(target=self._loop, name="infer-scheduler", daemon=True)
+            ready = threading.Event()
+            self._thread = threading.Thread(target=self._loop, args=(ready,), name="infer-scheduler", daemon=True)
             self._thread.start()
+            try:
+                ready.wait()  # the warm-up decode
+            except BaseException:  # Ctrl-C: let the decode end (it uses the context the caller will free), then go
+                ready.wait()
+                self.close()
+                raise
+            if self._warm_error is not None:
+                raise self._warm_error
+        else:
+            self._warm_up()
 
     # -- the caller's side -----------------------------------------------------------------
     @property
@@ -254,8 +266,20 @@ class Scheduler:
             self._cond.notify()
 
     # -- the loop --------------------------------------------------------------------------
-    def _loop(self) -> None:
+    def _warm_up(self) -> None:
+        warm = getattr(self.backend, "warm_up", None)  # a real context has one (llama.cpp's first-decode costs)
+        if warm is not None:
+            warm()
+
+    def _loop(self, ready: threading.Event) -> None:
         _keep_signals_for_the_main_thread()
+        try:
+            self._warm_up()  # here: the decoding threads llama.cpp starts are this thread's, and block signals too
+        except BaseException as e:  # noqa: BLE001 - raised in the thread that made the scheduler
+            self._warm_error = e if isinstance(e, InferError) else InferError(f"engine error: {type(e).__name__}: {e}")
+            return
+        finally:
+            ready.set()
         while True:
             with self._cond:
                 while not self._closed and not self.waiting and not self.active:
