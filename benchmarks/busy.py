@@ -24,7 +24,7 @@ import sys
 import threading
 import time
 
-from common import infer_bin, save, summary, table, test_model
+from common import infer_bin, same_weights, save, summary, table, test_model
 
 PROMPT = "Once upon a time"
 SPIN = "while True: pass"
@@ -92,7 +92,7 @@ def main() -> None:
             f"infer run -t {cores}": (infer + ["-t", str(cores), PROMPT], gen_tps)}
     if tool("llama-bench").exists():
         for t in dict.fromkeys((cores, 1)):
-            cmds[f"llama-bench tg -t {t}"] = ([str(tool("llama-bench")), "-m", model, "-t", str(t), "-p", "0", "-n",
+            cmds[f"llama-bench tg -t {t}"] = ([str(tool("llama-bench")), "-m", model, *same_weights("llama-bench"), "-t", str(t), "-p", "0", "-n",
                                                str(tokens), "-r", "1", "-o", "json"], bench_tps)
     rates = {(name, n): [] for name in cmds for n in args.busy}
     cut = {key: False for key in rates}

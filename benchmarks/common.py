@@ -68,3 +68,13 @@ def table(rows: list[tuple], header: tuple) -> str:
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     line = lambda r: "  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=False))  # noqa: E731
     return "\n".join([line(header), line(tuple("-" * w for w in widths)), *map(line, rows)])
+
+
+def same_weights(tool: str) -> list[str]:
+    """Flags that load a native tool's weights as infer loads them: not repacked where infer keeps weights out of
+    llama.cpp's AMX buffers, whose kernels crash (INFER_CPU_AMX in the README); nothing elsewhere."""
+    from infer.engine.model import amx_avoided
+
+    if not amx_avoided():
+        return []
+    return ["--repack", "0"] if tool == "llama-bench" else ["-nr"]

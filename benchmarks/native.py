@@ -20,7 +20,7 @@ import tarfile
 from importlib import metadata
 from pathlib import Path
 
-from common import HERE, infer_bin, save, summary, table, test_model
+from common import HERE, infer_bin, same_weights, save, summary, table, test_model
 
 CACHE = HERE / ".cache"
 TOOLS = ("llama-bench", "llama-completion", "llama-batched-bench", "llama-server", "ggml-rpc-server")
@@ -61,7 +61,7 @@ def build() -> None:
 
 
 def llama_bench(model: Path, threads: int, pp: int, tg: int, reps: int) -> dict:
-    out = subprocess.run([str(tool("llama-bench")), "-m", str(model), "-t", str(threads), "-p", str(pp),
+    out = subprocess.run([str(tool("llama-bench")), "-m", str(model), *same_weights("llama-bench"), "-t", str(threads), "-p", str(pp),
                           "-n", str(tg), "-r", str(reps), "-o", "json"], capture_output=True, text=True, check=True)
     rows = json.loads(out.stdout)
     return {("pp" if r["n_prompt"] else "tg"): r["avg_ts"] for r in rows}

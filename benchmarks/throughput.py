@@ -30,7 +30,7 @@ import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import save, table  # noqa: E402
+from common import same_weights, save, table  # noqa: E402
 
 
 def infer_waves(model, k: int, requests: int, p: int, n: int, seed: int) -> dict:
@@ -69,7 +69,7 @@ def infer_waves(model, k: int, requests: int, p: int, n: int, seed: int) -> dict
 
 
 def batched_bench(bin_dir: Path, model: Path, k: int, p: int, n: int, threads: int, ngl: int) -> dict:
-    out = subprocess.run([str(bin_dir / "llama-batched-bench"), "-m", str(model), "-c", str(k * (p + n) + 256),
+    out = subprocess.run([str(bin_dir / "llama-batched-bench"), "-m", str(model), *same_weights("llama-batched-bench"), "-c", str(k * (p + n) + 256),
                           "-b", "2048", "-ub", "512", "-npp", str(p), "-ntg", str(n), "-npl", str(k), "-t", str(threads),
                           "-ngl", str(ngl), "--output-format", "jsonl"], capture_output=True, text=True, check=True)
     row = [json.loads(line) for line in (out.stdout + out.stderr).splitlines() if line.startswith("{")][-1]
@@ -86,7 +86,7 @@ def llama_server(bin_dir: Path, model: Path, k: int, requests: int, p: int, n: i
                  seed: int) -> dict:
     port = free_port()
     ctx = k * (-(-(p + n + 8) // 256) * 256)
-    proc = subprocess.Popen([str(bin_dir / "llama-server"), "-m", str(model), "-np", str(k), "-c", str(ctx),
+    proc = subprocess.Popen([str(bin_dir / "llama-server"), "-m", str(model), *same_weights("llama-server"), "-np", str(k), "-c", str(ctx),
                              "-t", str(threads), "-ngl", str(ngl), "--port", str(port), "--host", "127.0.0.1",
                              "-b", "2048", "-ub", "512"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -68,3 +68,28 @@ print("delivered" if got.wait(30 if {installed} else 0.5) else "lost")
         assert proc.stdout.strip() == "delivered" and "Exception ignored" not in proc.stderr
     else:  # what Python does on its own: the interrupt is dropped (this test would not notice a fix otherwise)
         assert proc.stdout.strip() == "lost" and "KeyboardInterrupt" in proc.stderr
+
+
+@pytest.mark.parametrize("bufts, env, avoided", [
+    (["AMX", "CPU_REPACK"], None, True), (["AMX", "CPU_REPACK"], "1", False), (["CPU_REPACK"], None, False), ([], None, False)])
+def test_loads_keep_weights_out_of_the_crashing_amx_buffers_unless_asked(monkeypatch, bufts, env, avoided):
+    from infer.engine import model
+
+    monkeypatch.setitem(model._GGML, "cpu_bufts", bufts)
+    if env is None:
+        monkeypatch.delenv("INFER_CPU_AMX", raising=False)
+    else:
+        monkeypatch.setenv("INFER_CPU_AMX", env)
+    assert model.amx_avoided() is avoided
+
+
+def test_the_cpu_weight_buffers_are_read_from_this_build():
+    import platform
+
+    from infer.engine import model
+
+    model._GGML.pop("cpu_bufts", None)
+    names = model.cpu_weight_buffers()
+    assert all(isinstance(n, str) and n for n in names)
+    if platform.machine() in ("x86_64", "AMD64"):
+        assert "CPU_REPACK" in names  # llama.cpp's default x86 build repacks Q4_0/Q4_K/IQ4_NL weights

@@ -192,6 +192,8 @@ class Model:
         else:
             params.use_mmap = options.mmap
             params.use_mlock = options.mlock
+        if "use_extra_bufts" in dict(type(params)._fields_) and amx_avoided():
+            params.use_extra_bufts = False
         if options.tensor_split:
             if len(options.tensor_split) > llama_cpp.llama_max_devices():
                 raise UsageError(f"--tensor-split has more shares than llama.cpp's {llama_cpp.llama_max_devices()} "
@@ -937,6 +939,7 @@ def ggml_lib():
             ("ggml_backend_reg_count", [], ctypes.c_size_t), ("ggml_backend_reg_get", [ctypes.c_size_t], P),
             ("ggml_backend_reg_name", [P], S), ("ggml_backend_reg_by_name", [S], P),
             ("ggml_backend_reg_get_proc_address", [P, S], P), ("ggml_backend_register", [P], None),
+            ("ggml_backend_buft_name", [P], S),
         ):
             f = getattr(ggml, fn)
             f.argtypes, f.restype = args, res
@@ -989,6 +992,38 @@ def devices() -> list[Device]:
                           description=(ggml.ggml_backend_dev_description(dev) or b"").decode(),
                           kind=kind, free=free.value, total=total.value))
     return out
+
+
+def cpu_weight_buffers() -> list[str]:
+    """The CPU backend's extra weight buffer types in this build on this CPU, in llama.cpp's order of preference
+    (weights repacked for faster kernels: "AMX", "CPU_REPACK", ...)."""
+    if "cpu_bufts" in _GGML:
+        return _GGML["cpu_bufts"]
+    ggml, names = ggml_lib(), []
+    for i in range(ggml.ggml_backend_dev_count() if ggml is not None else 0):
+        dev = ggml.ggml_backend_dev_get(i)
+        reg = ggml.ggml_backend_dev_backend_reg(dev)
+        if ggml.ggml_backend_dev_type(dev) != 0 or (ggml.ggml_backend_reg_name(reg) or b"").startswith(b"RPC"):
+            continue
+        addr = ggml.ggml_backend_reg_get_proc_address(reg, b"ggml_backend_dev_get_extra_bufts")
+        if addr:
+            bufts = ctypes.CFUNCTYPE(ctypes.POINTER(ctypes.c_void_p), ctypes.c_void_p)(addr)(dev)
+            k = 0
+            while bufts and bufts[k]:
+                names.append((ggml.ggml_backend_buft_name(bufts[k]) or b"").decode())
+                k += 1
+        break
+    _GGML["cpu_bufts"] = names
+    return names
+
+
+def amx_avoided() -> bool:
+    """Whether loads keep weights out of llama.cpp's AMX buffers. Its AMX kernels crash (SIGSEGV in
+    ggml_backend_amx_mul_mat on the first decode; ggml-org/llama.cpp#20824, seen here with SmolLM2 Q4_1 on a Xeon
+    with AMX, in llama-cpp-python's own Llama too), so a build made on such a CPU would crash on every model of
+    the quant types they take. Weight repacking is then off as a whole (llama.cpp has one switch for both);
+    INFER_CPU_AMX=1 keeps it."""
+    return "AMX" in cpu_weight_buffers() and os.environ.get("INFER_CPU_AMX", "").lower() not in ("1", "on", "true", "yes")
 
 
 def system_info() -> str:
