@@ -13,7 +13,8 @@
 #   rpc:     the GPU host plus a CPU worker on the same machine (`infer worker --device CPU`), against native
 #            ggml-rpc-server + llama-bench --rpc on the same split
 #   speculative: the cost of verifying k draft tokens at once (1B and 8B shapes)
-# Inputs in .device-in/ (sdist trimmed of docs/media/.git/tools/ui, wheels the machine lacks, the
+# EXTRA_CMAKE_ARGS adds to the build's CMake arguments (-DGGML_CUDA_FA=OFF halves it, for a check that needs no
+# flash attention). Inputs in .device-in/ (sdist trimmed of docs/media/.git/tools/ui, wheels the machine lacks, the
 # vocab-only GGUF); outputs in .device-out/ (kept between calls on the same machine).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,7 +27,7 @@ RESULTS=${OUT:-$OUT_DIR}
 build() {
   # A wheel, then `pip install --target --upgrade --force-reinstall`: installing the sdist straight into
   # --target left bare llama_cpp/, gguf/ and platformdirs/ folders behind (pip skips existing folders).
-  CMAKE_ARGS="-DGGML_CUDA=on -DGGML_RPC=on -DCMAKE_CUDA_ARCHITECTURES=90 -DLLAMA_BUILD_TOOLS=ON -DLLAMA_BUILD_SERVER=ON -DLLAMA_BUILD_UI=OFF -DLLAMA_USE_PREBUILT_UI=OFF -DLLAVA_BUILD=OFF" \
+  CMAKE_ARGS="-DGGML_CUDA=on -DGGML_RPC=on -DCMAKE_CUDA_ARCHITECTURES=90 -DLLAMA_BUILD_TOOLS=ON -DLLAMA_BUILD_SERVER=ON -DLLAMA_BUILD_UI=OFF -DLLAMA_USE_PREBUILT_UI=OFF -DLLAVA_BUILD=OFF ${EXTRA_CMAKE_ARGS:-}" \
   CMAKE_BUILD_PARALLEL_LEVEL=16 python3 -m pip wheel -q --no-build-isolation --no-index --no-deps -w "$OUT_DIR/wheels" \
     --config-settings=build-dir="$OUT_DIR/build" "$IN"/llama_cpp_python-*.tar.gz
   python3 -m pip install -q --no-index --no-deps --upgrade --force-reinstall --target "$OUT_DIR/site" \
