@@ -73,7 +73,7 @@ def table(rows: list[tuple], header: tuple) -> str:
 def same_weights(tool: str) -> list[str]:
     """Flags that load a native tool's weights as infer loads them: not repacked where infer keeps weights out of
     llama.cpp's AMX buffers, whose kernels crash (INFER_CPU_AMX in the README); nothing elsewhere."""
-    from infer.engine.model import amx_avoided
+    from infer.engine.native import amx_avoided
 
     if not amx_avoided():
         return []

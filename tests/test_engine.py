@@ -107,7 +107,7 @@ def test_a_consumer_in_another_thread_can_cancel_everything(model):
 def test_the_argmax_of_a_whole_step_picks_what_one_row_at_a_time_picks(model, monkeypatch):
     """Eight greedy sequences: one argmax over the step's logits (on one thread, or split among threads as on a GPU
     host) gives each the token a per-row argmax gives."""
-    from infer.engine import model as engine_model
+    from infer.engine import backend as engine_backend
 
     tokens = prompts(model, 8)
     backend = model.scheduler(8, 512).backend
@@ -140,7 +140,7 @@ def test_the_argmax_of_a_whole_step_picks_what_one_row_at_a_time_picks(model, mo
     at_once = answers()
     assert max(whole_steps) == 8  # the steps where all eight generated were argmaxed in one pass
     assert backend._pool is None  # on the CPU, one thread
-    monkeypatch.setattr(engine_model, "argmax_parts", lambda rows, n_vocab, on_gpu: 3)
+    monkeypatch.setattr(engine_backend, "argmax_parts", lambda rows, n_vocab, on_gpu: 3)
     whole_steps.clear()
     split = answers()
     assert max(whole_steps) == 8 and backend._pool is not None  # split among threads, as on a GPU host
@@ -150,7 +150,7 @@ def test_the_argmax_of_a_whole_step_picks_what_one_row_at_a_time_picks(model, mo
 
 
 def test_argmax_threads_only_for_many_long_rows_on_a_gpu_host():
-    from infer.engine.model import ARGMAX_THREADS, argmax_parts
+    from infer.engine.backend import ARGMAX_THREADS, argmax_parts
 
     assert argmax_parts(64, 128256, on_gpu=False) == 1  # the CPU's cores are llama.cpp's
     assert argmax_parts(8, 49152, on_gpu=True) == 1  # small: one pass is quicker than handing it out

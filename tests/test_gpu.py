@@ -54,7 +54,7 @@ from pathlib import Path
 
 from infer import complete
 from infer.engine import LoadOptions, Sampling
-from infer.engine import model as engine_model
+from infer.engine import backend as engine_backend
 from infer.engine.scheduler import Request
 from infer.resolve import Resolved
 
@@ -63,14 +63,14 @@ try:
     n = 96  # rows a step: over ARGMAX_SPLIT logits even with a 49k vocabulary
     sched = model.scheduler(n, 128)
     seen = []
-    parts = engine_model.argmax_parts
-    engine_model.argmax_parts = lambda rows, n_vocab, on_gpu: seen.append(on_gpu) or parts(rows, n_vocab, on_gpu)
+    parts = engine_backend.argmax_parts
+    engine_backend.argmax_parts = lambda rows, n_vocab, on_gpu: seen.append(on_gpu) or parts(rows, n_vocab, on_gpu)
     sampling = Sampling(temperature=0, max_tokens=4, ignore_eos=True)
     with sched._cond:  # admitted together: n greedy rows a step
         handles = [sched.submit(Request([1 + i, 2, 3], sampling, id=str(i))) for i in range(n)]
     done = sum(1 for h in handles for e in h if type(e).__name__ == "Done")
     print(json.dumps({"where": model.where, "offloaded": model.offloaded, "seen": seen, "done": done,
-                      "pool": sched.backend._pool is not None, "threads": engine_model.ARGMAX_THREADS}))
+                      "pool": sched.backend._pool is not None, "threads": engine_backend.ARGMAX_THREADS}))
 finally:
     model.close()
 """

@@ -73,7 +73,7 @@ print("delivered" if got.wait(30 if {installed} else 0.5) else "lost")
 @pytest.mark.parametrize("bufts, env, avoided", [
     (["AMX", "CPU_REPACK"], None, True), (["AMX", "CPU_REPACK"], "1", False), (["CPU_REPACK"], None, False), ([], None, False)])
 def test_loads_keep_weights_out_of_the_crashing_amx_buffers_unless_asked(monkeypatch, bufts, env, avoided):
-    from infer.engine import model
+    from infer.engine import native as model
 
     monkeypatch.setitem(model._GGML, "cpu_bufts", bufts)
     if env is None:
@@ -86,7 +86,7 @@ def test_loads_keep_weights_out_of_the_crashing_amx_buffers_unless_asked(monkeyp
 def test_the_cpu_weight_buffers_are_read_from_this_build():
     import platform
 
-    from infer.engine import model
+    from infer.engine import native as model
 
     model._GGML.pop("cpu_bufts", None)
     names = model.cpu_weight_buffers()

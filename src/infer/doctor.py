@@ -57,7 +57,7 @@ def report(model: str | None = None, n_ctx: int | None = None, kv_type: str = "f
                       f"has no GPU backend; to use it: {REINSTALL[hw]}")
     elif offload and not gpus:
         advice.append("this llama.cpp build has a GPU backend but found no GPU: models run on the CPU")
-    from infer.engine.model import amx_avoided, cpu_weight_buffers
+    from infer.engine.native import amx_avoided, cpu_weight_buffers
 
     if amx_avoided():
         advice.append("this CPU has AMX, whose llama.cpp kernels crash (ggml-org/llama.cpp#20824): weights are not "

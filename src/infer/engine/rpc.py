@@ -7,8 +7,8 @@ from __future__ import annotations
 import ctypes
 from typing import Callable
 
-from infer.engine import model as _model
-from infer.engine.model import devices, ggml_lib
+from infer.engine import native as _native
+from infer.engine.native import devices, ggml_lib
 
 _ADDED: list[str] = []
 _ABORT: dict = {}
@@ -40,7 +40,7 @@ def add_workers(endpoints: list[str]) -> None:
         if endpoint not in _ADDED:
             ggml_lib().ggml_backend_register(add(endpoint.encode()))
             _ADDED.append(endpoint)
-            _model._RPC["registered"] = True
+            _native._RPC["registered"] = True
 
 
 def added() -> list[str]:

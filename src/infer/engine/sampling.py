@@ -26,7 +26,7 @@ class Sampling:
 
 def json_grammar(schema: dict | None) -> str:
     """GBNF for any JSON value (schema None) or for a JSON schema, via llama-cpp-python."""
-    from infer.engine.model import _llama
+    from infer.engine.native import _llama
 
     _llama()
     from llama_cpp import llama_grammar

@@ -17,7 +17,7 @@ The step is three phases, as in nano-vllm: `_schedule()` builds the batch, the b
 events through a thread-safe queue, so nothing that waits on a caller (a terminal, a socket) ever
 holds up the other sequences, and a Ctrl-C in the caller's thread never lands inside llama.cpp.
 
-The backend is everything that touches llama.cpp (see `LlamaBackend` in model.py); unit tests drive
+The backend is everything that touches llama.cpp (see `LlamaBackend` in backend.py); unit tests drive
 the scheduler with a fake one.
 """
 
