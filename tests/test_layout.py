@@ -52,3 +52,10 @@ def test_shared_options_expand_in_place_and_arrive_as_one_object():
     help_text = CliRunner().invoke(app, ["--help"]).output
     order = [help_text.index(flag) for flag in ("--model", "--temperature", "--stop", "--flag", "--threads", "--no-mmap")]
     assert order == sorted(order)  # each group's options stand where the group was named
+
+
+def test_only_the_engine_imports_llama_cpp():
+    src = CLI.parent
+    importers = sorted(str(p.relative_to(src)) for p in src.rglob("*.py")
+                       if re.search(r"^\s*(import llama_cpp|from llama_cpp\b)", p.read_text(), re.M))
+    assert importers and all(p.startswith("engine/") for p in importers), importers
