@@ -209,11 +209,12 @@ def cpu_weight_buffers() -> list[str]:
 
 
 def amx_avoided() -> bool:
-    """Whether loads keep weights out of llama.cpp's AMX buffers. Its AMX kernels crash (SIGSEGV in
-    ggml_backend_amx_mul_mat on the first decode; ggml-org/llama.cpp#20824, seen here with SmolLM2 Q4_1 on a Xeon
-    with AMX, in llama-cpp-python's own Llama too), so a build made on such a CPU would crash on every model of
-    the quant types they take. Weight repacking is then off as a whole (llama.cpp has one switch for both);
-    INFER_CPU_AMX=1 keeps it."""
+    """Whether loads keep weights out of llama.cpp's AMX buffers. Its AMX kernels crash: here (a Xeon with AMX
+    under gVisor, SmolLM2 Q4_1) every batch of two or more tokens died with SIGSEGV in ggml_backend_amx_mul_mat or
+    SIGILL, in llama-cpp-python's own Llama and in native llama-bench alike, while one-token decodes ran (2.5x
+    faster than without); upstream, ggml-org/llama.cpp#20824 reports the same SIGSEGV on other machines and quants.
+    A build made on such a CPU would crash on every prompt of the quant types AMX takes, so weight repacking is off
+    as a whole (llama.cpp has one switch for AMX and the other repacked layouts); INFER_CPU_AMX=1 keeps it."""
     return "AMX" in cpu_weight_buffers() and os.environ.get("INFER_CPU_AMX", "").lower() not in ("1", "on", "true", "yes")
 
 
