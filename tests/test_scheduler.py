@@ -338,6 +338,40 @@ def test_threaded_handles_stream_and_an_abandoned_iteration_cancels():
         s.close()
 
 
+def test_call_runs_on_the_scheduler_thread_where_the_warm_up_decoded():
+    """The bench decodes through call(): llama.cpp's CPU workers belong to the thread that decodes, and a second
+    decoding thread starts a second set (tg at 0.39x native on 2 cores, after the warm-up in the scheduler's thread)."""
+    import threading
+
+    b = FakeBackend(n_seq=1)
+    warmed = []
+    b.warm_up = lambda: warmed.append(threading.current_thread())
+    s = Scheduler(b)
+    try:
+        assert s.call(threading.current_thread) is warmed[0] is s._thread
+        with pytest.raises(ZeroDivisionError):
+            s.call(lambda: 1 / 0)
+        assert collect(list(s.submit(req("after", [1], max_tokens=2))))[1].usage.completion_tokens == 2
+    finally:
+        s.close()
+    assert Scheduler(FakeBackend(n_seq=1), threaded=False).call(threading.current_thread) is threading.current_thread()
+
+
+def test_a_call_pending_when_the_scheduler_closes_fails_instead_of_hanging():
+    import threading
+
+    s = Scheduler(FakeBackend(n_seq=1))
+    s.close()
+    with pytest.raises(InferError):
+        s.call(lambda: 1)
+    box: dict = {}
+    done = threading.Event()
+    s._calls.append((lambda: 1, box, done))  # queued as the loop ended: close() answers it
+    s._closed = False
+    s.close()
+    assert done.is_set() and isinstance(box["error"], InferError)
+
+
 def test_close_fails_what_is_still_queued():
     s = Scheduler(FakeBackend(n_seq=1), threaded=False)
     h = s.submit(req("q", [1], max_tokens=3))

@@ -387,25 +387,33 @@ class Model:
         """Seconds to evaluate n prompt tokens in batches from an empty cache (llama-bench's pp)."""
         b = self._fresh(n_ctx)
         tokens = self._random_tokens(n, n)
-        t0 = time.perf_counter()
-        for start in range(0, n, b.n_batch):
-            chunk = tokens[start:start + b.n_batch]
-            for i, token in enumerate(chunk):
-                b.add(token, start + i, 0, i == len(chunk) - 1)
-            b.decode()
-        b.synchronize()
-        return time.perf_counter() - t0
+
+        def run() -> float:
+            t0 = time.perf_counter()
+            for start in range(0, n, b.n_batch):
+                chunk = tokens[start:start + b.n_batch]
+                for i, token in enumerate(chunk):
+                    b.add(token, start + i, 0, i == len(chunk) - 1)
+                b.decode()
+            b.synchronize()
+            return time.perf_counter() - t0
+
+        return self._sched.call(run)  # decoded where every other decode of this context is: the scheduler's thread
 
     def bench_tg(self, n: int, n_ctx: int) -> float:
         """Seconds to decode n tokens one at a time from an empty cache (llama-bench's tg)."""
         b = self._fresh(n_ctx)
         token = self._random_tokens(1, 7)[0]
-        t0 = time.perf_counter()
-        for i in range(n):
-            b.add(token, i, 0, True)
-            b.decode()
-        b.synchronize()
-        return time.perf_counter() - t0
+
+        def run() -> float:
+            t0 = time.perf_counter()
+            for i in range(n):
+                b.add(token, i, 0, True)
+                b.decode()
+            b.synchronize()
+            return time.perf_counter() - t0
+
+        return self._sched.call(run)
 
     def close(self) -> None:
         self._free_embedder()

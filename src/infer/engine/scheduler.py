@@ -167,6 +167,7 @@ class Scheduler:
         self._timed = (0, 0.0)  # (tokens, first step's start) decoded since the last step whose logits were read
         self._ema_n, self._ema_s = 0.0, 0.0  # running averages of a measured step's tokens and seconds
         self._close_lock = threading.Lock()
+        self._calls: list[tuple] = []  # (fn, result box, done event): work for this thread between steps (call())
         self.steps = 0
         self._thread = None
         self._warm_error: BaseException | None = None
@@ -255,6 +256,11 @@ class Scheduler:
                 self._cond.notify()
             if self._thread is not None and self._thread is not threading.current_thread():
                 self._thread.join()
+            with self._cond:
+                calls, self._calls = self._calls, []
+            for _fn, box, done in calls:  # asked for as it closed: never run
+                box["error"] = InferError("the engine was closed")
+                done.set()
             self._fail_all(InferError("the engine was shut down before the request finished"))
 
     def _forget_handle(self, handle: Handle) -> None:
@@ -282,14 +288,41 @@ class Scheduler:
             ready.set()
         while True:
             with self._cond:
-                while not self._closed and not self.waiting and not self.active:
+                while not self._closed and not self.waiting and not self.active and not self._calls:
                     self._cond.wait()
                 if self._closed:
                     return
+                calls, self._calls = self._calls, []
+            for fn, box, done in calls:
+                try:
+                    box["value"] = fn()
+                except BaseException as e:  # noqa: BLE001 - raised in the caller
+                    box["error"] = e
+                finally:
+                    done.set()
             try:
                 self.step()
             except BaseException as e:  # noqa: BLE001 - the thread must not die silently
                 self._fail_all(e if isinstance(e, InferError) else InferError(f"engine error: {type(e).__name__}: {e}"))
+
+    def call(self, fn):
+        """fn() run on this scheduler's thread between steps; its result, or its exception raised here. For direct use
+        of the backend (the bench's pp and tg): llama.cpp's CPU worker threads belong to the thread that decodes, and
+        a second thread decoding the same model starts a second set, which then compete for the cores (on 2 cores,
+        a tg from the main thread after the warm-up in this one ran at 0.39x of native)."""
+        if self._thread is None or threading.current_thread() is self._thread:
+            return fn()
+        box: dict = {}
+        done = threading.Event()
+        with self._cond:
+            if self._closed:
+                raise InferError("the engine was closed")
+            self._calls.append((fn, box, done))
+            self._cond.notify()
+        done.wait()
+        if "error" in box:
+            raise box["error"]
+        return box["value"]
 
     def step(self) -> bool:
         """One scheduling step; False when there was nothing to do. Its events are delivered together at its end:
