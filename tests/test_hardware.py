@@ -72,6 +72,21 @@ def test_real_model_estimate_and_doctor(pulled, smollm2):
     assert "hf_supersecret" not in secret.stdout and json.loads(secret.stdout)["hub"]["token"] == "set"
 
 
+def test_doctor_says_which_weight_buffers_loads_use_and_why_amx_is_left_out(infer):
+    """The installed doctor on this machine's build: where the CPU backend offers llama.cpp's AMX buffer (whose
+    kernels crash), loads repack nothing and doctor says how to opt in; elsewhere they use what the build offers."""
+    opted = json.loads(infer("doctor", "--json", env={"INFER_CPU_AMX": "1"}, check=True).stdout)
+    offered = opted["cpu"]["weight_buffers"]  # with AMX allowed: every buffer the build offers on this CPU
+    assert isinstance(offered, list) and all(isinstance(b, str) and b for b in offered)
+    plain = json.loads(infer("doctor", "--json", check=True).stdout)
+    amx_advice = [a for a in plain["advice"] if "INFER_CPU_AMX=1" in a]
+    if "AMX" in offered:
+        assert plain["cpu"]["weight_buffers"] == [] and len(amx_advice) == 1
+    else:
+        assert plain["cpu"]["weight_buffers"] == offered and not amx_advice
+    assert not [a for a in opted["advice"] if "INFER_CPU_AMX=1" in a]
+
+
 def _gpu_build() -> bool:
     from infer import engine
 

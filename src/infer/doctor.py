@@ -59,7 +59,8 @@ def report(model: str | None = None, n_ctx: int | None = None, kv_type: str = "f
         advice.append("this llama.cpp build has a GPU backend but found no GPU: models run on the CPU")
     from infer.engine.native import amx_avoided, cpu_weight_buffers
 
-    if amx_avoided():
+    amx_off = amx_avoided()
+    if amx_off:
         advice.append("this CPU has AMX, whose llama.cpp kernels crash (ggml-org/llama.cpp#20824): weights are not "
                       "repacked for it or for the other CPU kernels (INFER_CPU_AMX=1 repacks them anyway)")
     paths = {"config": settings.config_dir(), "data": settings.data_dir(), "state": settings.state_dir(),
@@ -70,7 +71,7 @@ def report(model: str | None = None, n_ctx: int | None = None, kv_type: str = "f
         "cpu": {"physical_cores": hardware.physical_cores(), "logical_cpus": os.cpu_count(),
                 "features": [f.split(" = ")[0].split(":")[-1].strip() for f in features.split("|")
                              if f.strip().endswith("= 1")],
-                "weight_buffers": [] if amx_avoided() else cpu_weight_buffers()},  # used by loads
+                "weight_buffers": [] if amx_off else cpu_weight_buffers()},  # used by loads
         "memory": {"total": hardware.total_memory(), "available": hardware.available_memory()},
         "gpu_offload": offload, "gpu_hardware": hw,
         "devices": [{"name": d.name, "description": d.description, "kind": d.kind, "free": d.free, "total": d.total}

@@ -51,11 +51,14 @@ INFER_API_KEY = EnvVar("INFER_API_KEY", "API key that `infer serve` requires (Au
                        "clients of a server send it.", ("serve", "ps", "run", "chat", "batch"))
 INFER_RPC = EnvVar("INFER_RPC", "RPC workers (HOST:PORT,...) to split the model across when --rpc is not given.",
                    ("run", "chat", "serve", "batch", "bench"))
+INFER_CPU_AMX = EnvVar("INFER_CPU_AMX", "1: let llama.cpp repack weights for Intel AMX, whose kernels can crash "
+                       "(off by default on CPUs with AMX).", ("run", "chat", "serve", "batch", "bench", "embed", "doctor"))
 
 REGISTRY: tuple[EnvVar, ...] = (
     INFER_MODEL, INFER_MODELS, INFER_HOME, INFER_OFFLINE, INFER_DEBUG,
     HF_TOKEN, HF_ENDPOINT, HF_HUB_CACHE, HF_HOME, HF_HUB_OFFLINE, NO_COLOR, INFER_THREADS,
     INFER_STALL_TIMEOUT, INFER_RETRY_BACKOFF, INFER_TEST_FREE_BYTES, INFER_API_KEY, INFER_HOST, INFER_RPC,
+    INFER_CPU_AMX,
 )
 
 

@@ -4,7 +4,6 @@ backend registry through ctypes (the devices, the CPU's weight buffers, the RPC 
 from __future__ import annotations
 
 import ctypes
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -125,7 +124,7 @@ def ggml_lib():
             ("ggml_backend_dev_count", [], ctypes.c_size_t), ("ggml_backend_dev_get", [ctypes.c_size_t], P),
             ("ggml_backend_dev_name", [P], S), ("ggml_backend_dev_description", [P], S),
             ("ggml_backend_dev_type", [P], ctypes.c_int), ("ggml_backend_dev_backend_reg", [P], P),
-            ("ggml_backend_dev_by_name", [S], P),
+            ("ggml_backend_dev_by_name", [S], P), ("ggml_backend_dev_by_type", [ctypes.c_int], P),
             ("ggml_backend_dev_memory", [P, ctypes.POINTER(ctypes.c_size_t), ctypes.POINTER(ctypes.c_size_t)], None),
             ("ggml_backend_reg_count", [], ctypes.c_size_t), ("ggml_backend_reg_get", [ctypes.c_size_t], P),
             ("ggml_backend_reg_name", [P], S), ("ggml_backend_reg_by_name", [S], P),
@@ -187,23 +186,17 @@ def devices() -> list[Device]:
 
 def cpu_weight_buffers() -> list[str]:
     """The CPU backend's extra weight buffer types in this build on this CPU, in llama.cpp's order of preference
-    (weights repacked for faster kernels: "AMX", "CPU_REPACK", ...)."""
+    (weights repacked for faster kernels: "AMX", "CPU_REPACK", ...); found as llama.cpp's loader finds them."""
     if "cpu_bufts" in _GGML:
         return _GGML["cpu_bufts"]
     ggml, names = ggml_lib(), []
-    for i in range(ggml.ggml_backend_dev_count() if ggml is not None else 0):
-        dev = ggml.ggml_backend_dev_get(i)
-        reg = ggml.ggml_backend_dev_backend_reg(dev)
-        if ggml.ggml_backend_dev_type(dev) != 0 or (ggml.ggml_backend_reg_name(reg) or b"").startswith(b"RPC"):
-            continue
-        addr = ggml.ggml_backend_reg_get_proc_address(reg, b"ggml_backend_dev_get_extra_bufts")
-        if addr:
-            bufts = ctypes.CFUNCTYPE(ctypes.POINTER(ctypes.c_void_p), ctypes.c_void_p)(addr)(dev)
-            k = 0
-            while bufts and bufts[k]:
-                names.append((ggml.ggml_backend_buft_name(bufts[k]) or b"").decode())
-                k += 1
-        break
+    dev = ggml.ggml_backend_dev_by_type(0) if ggml is not None else None  # GGML_BACKEND_DEVICE_TYPE_CPU
+    addr = dev and ggml.ggml_backend_reg_get_proc_address(ggml.ggml_backend_dev_backend_reg(dev),
+                                                          b"ggml_backend_dev_get_extra_bufts")
+    if addr:
+        bufts = ctypes.CFUNCTYPE(ctypes.POINTER(ctypes.c_void_p), ctypes.c_void_p)(addr)(dev)
+        while bufts and bufts[len(names)]:
+            names.append((ggml.ggml_backend_buft_name(bufts[len(names)]) or b"").decode())
     _GGML["cpu_bufts"] = names
     return names
 
@@ -215,7 +208,9 @@ def amx_avoided() -> bool:
     faster than without); upstream, ggml-org/llama.cpp#20824 reports the same SIGSEGV on other machines and quants.
     A build made on such a CPU would crash on every prompt of the quant types AMX takes, so weight repacking is off
     as a whole (llama.cpp has one switch for AMX and the other repacked layouts); INFER_CPU_AMX=1 keeps it."""
-    return "AMX" in cpu_weight_buffers() and os.environ.get("INFER_CPU_AMX", "").lower() not in ("1", "on", "true", "yes")
+    from infer.settings import INFER_CPU_AMX
+
+    return "AMX" in cpu_weight_buffers() and not INFER_CPU_AMX.flag()
 
 
 def system_info() -> str:
