@@ -156,3 +156,21 @@ def test_argmax_threads_only_for_many_long_rows_on_a_gpu_host():
     assert argmax_parts(8, 49152, on_gpu=True) == 1  # small: one pass is quicker than handing it out
     assert argmax_parts(64, 128256, on_gpu=True) == min(8, ARGMAX_THREADS)
     assert 1 <= argmax_parts(40, 128256, on_gpu=True) <= 5
+
+
+def test_the_bench_decodes_on_the_thread_that_warmed_the_context_up(model, monkeypatch):
+    """llama.cpp's CPU workers belong to the thread that decodes: `infer bench` decoding from the main thread after
+    the warm-up in the scheduler's made two sets of them compete (tg at 0.39x of llama-bench on 2 cores)."""
+    from infer.engine.backend import LlamaBackend
+
+    threads = []
+    decode = LlamaBackend.decode
+
+    def counted(self):
+        threads.append(threading.current_thread())
+        return decode(self)
+
+    monkeypatch.setattr(LlamaBackend, "decode", counted)
+    assert model.bench_pp(32, 512) > 0 and model.bench_tg(4, 512) > 0
+    assert len(threads) == 1 + 4  # one prompt batch, four single-token decodes
+    assert set(threads) == {model._sched._thread} and model._sched._thread is not threading.current_thread()

@@ -358,18 +358,17 @@ def test_call_runs_on_the_scheduler_thread_where_the_warm_up_decoded():
 
 
 def test_a_call_pending_when_the_scheduler_closes_fails_instead_of_hanging():
-    import threading
+    from concurrent.futures import Future
 
     s = Scheduler(FakeBackend(n_seq=1))
     s.close()
     with pytest.raises(InferError):
         s.call(lambda: 1)
-    box: dict = {}
-    done = threading.Event()
-    s._calls.append((lambda: 1, box, done))  # queued as the loop ended: close() answers it
+    future: Future = Future()
+    s._calls.append((lambda: 1, future))  # queued as the loop ended: close() answers it
     s._closed = False
     s.close()
-    assert done.is_set() and isinstance(box["error"], InferError)
+    assert future.done() and isinstance(future.exception(), InferError)
 
 
 def test_close_fails_what_is_still_queued():

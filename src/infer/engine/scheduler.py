@@ -29,8 +29,9 @@ import queue
 import threading
 import time
 from collections import deque
+from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Iterator, Protocol
+from typing import Callable, Iterator, Protocol
 
 from infer.engine.events import Done, Failed, Text, Timings, TokenLogprob, Usage
 from infer.engine.sampling import Sampling, StopMatcher
@@ -167,7 +168,7 @@ class Scheduler:
         self._timed = (0, 0.0)  # (tokens, first step's start) decoded since the last step whose logits were read
         self._ema_n, self._ema_s = 0.0, 0.0  # running averages of a measured step's tokens and seconds
         self._close_lock = threading.Lock()
-        self._calls: list[tuple] = []  # (fn, result box, done event): work for this thread between steps (call())
+        self._calls: list[tuple[Callable, Future]] = []  # work for this thread between steps (call())
         self.steps = 0
         self._thread = None
         self._warm_error: BaseException | None = None
@@ -258,9 +259,8 @@ class Scheduler:
                 self._thread.join()
             with self._cond:
                 calls, self._calls = self._calls, []
-            for _fn, box, done in calls:  # asked for as it closed: never run
-                box["error"] = InferError("the engine was closed")
-                done.set()
+            for _fn, future in calls:  # asked for as it closed: never run
+                future.set_exception(InferError("the engine was closed"))
             self._fail_all(InferError("the engine was shut down before the request finished"))
 
     def _forget_handle(self, handle: Handle) -> None:
@@ -293,13 +293,11 @@ class Scheduler:
                 if self._closed:
                     return
                 calls, self._calls = self._calls, []
-            for fn, box, done in calls:
+            for fn, future in calls:
                 try:
-                    box["value"] = fn()
+                    future.set_result(fn())
                 except BaseException as e:  # noqa: BLE001 - raised in the caller
-                    box["error"] = e
-                finally:
-                    done.set()
+                    future.set_exception(e)
             try:
                 self.step()
             except BaseException as e:  # noqa: BLE001 - the thread must not die silently
@@ -312,17 +310,13 @@ class Scheduler:
         a tg from the main thread after the warm-up in this one ran at 0.39x of native)."""
         if self._thread is None or threading.current_thread() is self._thread:
             return fn()
-        box: dict = {}
-        done = threading.Event()
+        future: Future = Future()
         with self._cond:
             if self._closed:
                 raise InferError("the engine was closed")
-            self._calls.append((fn, box, done))
+            self._calls.append((fn, future))
             self._cond.notify()
-        done.wait()
-        if "error" in box:
-            raise box["error"]
-        return box["value"]
+        return future.result()
 
     def step(self) -> bool:
         """One scheduling step; False when there was nothing to do. Its events are delivered together at its end:
